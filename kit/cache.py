@@ -1,0 +1,147 @@
+"""On-disk cache of per-image arrays (global embeddings, local features).
+
+Layout: ``<root>/<stage>/<spec>/shard-*.safetensors``. ``spec`` is a hash of everything that changes the
+arrays (model name, weights-file hash, preprocessing, TTA, ...); each entry inside is keyed by the image's
+content identity (absolute path + size + mtime), so an edited or replaced photo is recomputed.
+
+Why safetensors shards, not npy + a parquet index: a shard is one self-describing file (its keys ride in the
+header metadata), its header states every tensor's byte length so truncation is detected on load, loading
+never unpickles, and it needs no pyarrow. Each shard is written to a temporary file and renamed, so a shard
+is either whole or absent: an interrupted run keeps every finished shard and resumes from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+MAX_SHARDS = 64  # more shards than this are merged into one on the next load, keeping opens cheap
+
+
+def cache_root(conf: dict) -> Path | None:
+    """The cache folder from the ``cache`` config section (``$KIT_CACHE`` wins); None when disabled."""
+    if not conf.get("enabled", True):
+        return None
+    return Path(os.environ.get("KIT_CACHE") or conf.get("dir") or "~/.cache/kit").expanduser()
+
+
+def spec_hash(spec: dict) -> str:
+    """A short stable hash of a JSON-able dict describing how the arrays were made."""
+    blob = json.dumps(spec, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha1 of a file's bytes (weights files: a changed checkpoint must invalidate the cache)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def image_key(path: str | Path) -> str:
+    """Content identity of one image: absolute path + byte size + mtime (ns). Cheap: no read of the file."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return hashlib.sha1(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+
+
+def _read_shard(path: Path) -> tuple[list[str], dict[str, np.ndarray]] | None:
+    """Keys and arrays of one shard, or None (with a warning) when it is corrupt or truncated."""
+    try:
+        arrays = load_file(str(path))
+        with open(path, "rb") as fh:  # header metadata holds the keys; load_file does not return it
+            n = int.from_bytes(fh.read(8), "little")
+            keys = json.loads(json.loads(fh.read(n))["__metadata__"]["keys"])
+        if not arrays or any(len(a) != len(keys) for a in arrays.values()):
+            raise ValueError("row count does not match its keys")
+        if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in arrays.values()):
+            raise ValueError("non-finite values")
+        return keys, arrays
+    except Exception as exc:  # any decode failure means the file cannot be trusted
+        warnings.warn(f"cache shard {path} is corrupt ({exc}); deleting it, its entries will be recomputed")
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"shard-{uuid.uuid4().hex}.safetensors"
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
+                  metadata={"keys": json.dumps(list(keys))})
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final
+
+
+def load(folder: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """Everything cached in ``folder``: ``(row of each key, arrays)`` with arrays ``[M, ...]``."""
+    shards = sorted(folder.glob("shard-*.safetensors")) if folder.is_dir() else []
+    parts = [s for s in (_read_shard(p) for p in shards) if s is not None]
+    if not parts:
+        return {}, {}
+    names = sorted(parts[0][1])
+    parts = [p for p in parts if sorted(p[1]) == names]
+    keys = [k for p in parts for k in p[0]]
+    arrays = {n: np.concatenate([p[1][n] for p in parts]) for n in names}
+    if len(parts) > MAX_SHARDS:
+        _write_shard(folder, keys, arrays)
+        for p in shards:
+            p.unlink(missing_ok=True)
+    return {k: i for i, k in enumerate(keys)}, arrays
+
+
+def cached_compute(
+    folder: Path | None,
+    keys: Sequence[str],
+    compute: Callable[[np.ndarray], dict[str, np.ndarray]],
+    flush_every: int = 1024,
+) -> dict[str, np.ndarray]:
+    """Arrays for ``keys`` in order, computing only the rows the cache lacks.
+
+    ``compute(idx)`` gets ``idx: [m] int64`` positions into ``keys`` and returns arrays of ``m`` rows each;
+    it is called once per chunk of at most ``flush_every`` missing rows, and each chunk is saved before the
+    next starts, so an interrupted run resumes where it stopped. ``folder=None`` disables the cache.
+    Returns ``{name: [len(keys), ...]}`` in the order of ``keys``.
+    """
+    keys = list(keys)
+    if folder is None:
+        return compute(np.arange(len(keys), dtype=np.int64)) if keys else {}
+    row_of, cached = load(folder)
+    missing = np.array([i for i, k in enumerate(keys) if k not in row_of], dtype=np.int64)
+    new_parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+    for start in range(0, len(missing), flush_every):
+        idx = missing[start:start + flush_every]
+        arrays = compute(idx)
+        _write_shard(folder, [keys[i] for i in idx], arrays)
+        new_parts.append((idx, arrays))
+    if not keys:
+        return {}
+    names = sorted(new_parts[0][1]) if new_parts else sorted(cached)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        ref = new_parts[0][1][name] if new_parts else cached[name]
+        buf = np.empty((len(keys), *ref.shape[1:]), dtype=ref.dtype)
+        hit = [(i, row_of[k]) for i, k in enumerate(keys) if k in row_of]
+        if hit:
+            dst, src = map(np.array, zip(*hit))
+            buf[dst] = cached[name][src]
+        for idx, arrays in new_parts:
+            buf[idx] = arrays[name]
+        out[name] = buf
+    return out

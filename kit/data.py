@@ -1,0 +1,285 @@
+"""Competition folders: read and validate ``metadata.csv``, open images robustly, import folder collections.
+
+Two layouts are read (``df.attrs["layout"]`` says which one was found):
+
+- ``"2025"`` (AnimalCLEF25): ``split`` in {database, query}; the task is to name each query's individual
+  or say ``new_individual``.
+- ``"2026"`` (AnimalCLEF26): ``split`` in {train, test}; the task is to cluster the test images into
+  individuals.
+
+Every problem in a folder is collected and reported together, one line each, naming the file, the row and
+the fix, so a user fixes a broken ``metadata.csv`` in one pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DataError, ImageError
+
+COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset"]
+LAYOUT_SPLITS = {"2025": ("database", "query"), "2026": ("train", "test")}  # (labelled, unlabelled)
+NEW_INDIVIDUAL = "new_individual"
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+MAX_LISTED = 20  # problems listed in one error; the rest are counted
+
+# Decompression-bomb guard stays on, but camera-trap mosaics can be large: allow ~16k x 16k.
+Image.MAX_IMAGE_PIXELS = 256_000_000
+
+
+def read_csv_str(path: str | Path, **kw) -> pd.DataFrame:
+    """Read a CSV with every column as str and nothing turned into NaN: identity "NA" or "0123" stays as is."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, **kw)
+
+
+def _problems_error(title: str, problems: list[str]) -> DataError:
+    shown = problems[:MAX_LISTED]
+    more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    return DataError(f"{title}: {len(problems)} problem(s)\n  " + "\n  ".join(shown) + more)
+
+
+def detect_layout(splits: pd.Series, where: str) -> str:
+    """"2025" or "2026" from the values of the ``split`` column; a mix is an error."""
+    seen = set(splits.unique())
+    for layout, names in LAYOUT_SPLITS.items():
+        if seen and seen <= set(names):
+            return layout
+    raise DataError(
+        f"{where}: column 'split' has values {sorted(seen)}; expected database/query (AnimalCLEF 2025 layout) "
+        "or train/test (AnimalCLEF 2026 layout), not a mix. Fix the split column."
+    )
+
+
+def check_image(path: str | Path) -> str | None:
+    """Why ``path`` cannot be used as an image, or None. Cheap: reads the header and the JPEG end marker.
+
+    A JPEG cut short (an interrupted download or copy) lacks its final FFD9 marker; catching that here
+    costs a 64-byte read, where decoding it would fail mid-run an hour later.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return "file not found"
+    try:
+        with Image.open(p) as im:
+            fmt = im.format
+            im.size  # noqa: B018 - forces the header parse
+    except (UnidentifiedImageError, OSError) as exc:
+        return f"not a readable image ({exc})"
+    if fmt == "JPEG":
+        with open(p, "rb") as fh:
+            fh.seek(max(0, p.stat().st_size - 64))
+            if b"\xff\xd9" not in fh.read():
+                return "truncated JPEG (no end-of-image marker): re-download or re-copy the file"
+    return None
+
+
+def open_image(path: str | Path, min_side: int | None = None) -> Image.Image:
+    """Decode an image as 8-bit RGB, upright.
+
+    Applies EXIF orientation (phones store portrait shots sideways); converts grayscale, CMYK, palette and
+    16-bit modes; composites transparency onto white. ``min_side``: JPEGs may decode in draft mode at a
+    reduced scale that still keeps both sides >= min_side, which is several times faster for large photos.
+    Raises ImageError naming the file when it is missing, truncated or not an image.
+    """
+    try:
+        im = Image.open(path)
+        if min_side and im.format == "JPEG":
+            w, h = im.size
+            scale = min(w, h) / min_side
+            if scale >= 2:
+                im.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    except FileNotFoundError as exc:
+        raise ImageError(f"{path}: image file not found; check the 'path' column of metadata.csv") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(
+            f"{path}: cannot decode image ({exc}); the file is truncated or not an image. "
+            "Re-download it, or remove its row from metadata.csv"
+        ) from exc
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im, mask=im.getchannel("A"))
+        return bg
+    if im.mode == "I;16" or im.mode == "I":
+        arr = np.asarray(im, dtype=np.float32)
+        arr = (255 * (arr - arr.min()) / max(1.0, float(arr.max() - arr.min()))).astype(np.uint8)
+        im = Image.fromarray(arr)
+    return im.convert("RGB")
+
+
+def read_competition(root: str | Path, check_images: bool = True) -> pd.DataFrame:
+    """Read and validate a competition folder.
+
+    Returns the rows of ``root/metadata.csv`` (every column str; identity "" where unknown) plus
+    ``filepath``: the absolute path of each image. ``df.attrs``: ``layout`` ("2025" | "2026"), ``root``.
+    Raises DataError listing every problem: missing columns, duplicate image_id, missing or unreadable
+    images, a query without a dataset, a labelled row without an identity.
+    """
+    root = Path(root)
+    meta_path = root / "metadata.csv"
+    if not meta_path.is_file():
+        raise DataError(
+            f"{meta_path} not found. A competition folder holds metadata.csv (columns {','.join(COLUMNS)}) "
+            "and the images; make one with `kit import-folders` or `kit synth`."
+        )
+    try:
+        df = read_csv_str(meta_path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{meta_path}: not a readable CSV ({exc}); fix the file's quoting or encoding") from exc
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{meta_path}: missing column(s) {missing}; the header must contain {','.join(COLUMNS)} "
+            "(empty values are fine for date and orientation)"
+        )
+    if df.empty:
+        raise DataError(f"{meta_path}: no rows; add one row per image")
+    for col in COLUMNS:
+        df[col] = df[col].str.strip()
+    layout = detect_layout(df["split"], str(meta_path))
+    labelled, unlabelled = LAYOUT_SPLITS[layout]
+
+    problems: list[str] = []
+
+    def row(i: int) -> str:  # CSV line number: header is line 1
+        return f"{meta_path} line {i + 2} (image_id {df.at[i, 'image_id']!r})"
+
+    dup = df["image_id"].duplicated(keep="first")
+    problems += [f"{row(i)}: duplicate image_id; give every image a unique id" for i in np.flatnonzero(dup)]
+    problems += [f"{row(i)}: empty image_id; fill it in" for i in np.flatnonzero(df["image_id"] == "")]
+    problems += [
+        f"{row(i)}: {labelled} row without an identity; fill in identity or mark the row split={unlabelled}"
+        for i in np.flatnonzero((df["split"] == labelled) & (df["identity"] == ""))
+    ]
+    problems += [
+        f"{row(i)}: {df.at[i, 'split'] or 'row'} without a dataset; fill in the dataset column"
+        for i in np.flatnonzero(df["dataset"] == "")
+    ]
+    problems += [f"{row(i)}: empty path; give the image path relative to {root}"
+                 for i in np.flatnonzero(df["path"] == "")]
+    if layout == "2025":
+        problems += [
+            f"{row(i)}: query row has identity {df.at[i, 'identity']!r}; queries are unlabelled (clear it)"
+            for i in np.flatnonzero((df["split"] == unlabelled) & (df["identity"] != ""))
+        ]
+    df["filepath"] = [str((root / p).resolve()) if p else "" for p in df["path"]]
+    if check_images:
+        for i, fp in enumerate(df["filepath"]):
+            if fp and (why := check_image(fp)):
+                problems.append(f"{row(i)}: {df.at[i, 'path']}: {why}")
+    if problems:
+        raise _problems_error(f"{meta_path} is not a valid competition", problems)
+    df.attrs["layout"] = layout
+    df.attrs["root"] = str(root.resolve())
+    return df
+
+
+def labelled_mask(df: pd.DataFrame) -> np.ndarray:
+    """[N] bool: rows with known identities (database in 2025, train in 2026)."""
+    return (df["split"] == LAYOUT_SPLITS[df.attrs.get("layout", "2025")][0]).to_numpy()
+
+
+def scan_folders(src: str | Path) -> pd.DataFrame:
+    """One row per image in a folder-per-identity collection: columns identity, source, orientation.
+
+    Orientation is read from the file name ("left"/"right" in it, as in ``12_leftphoto.jpg``), since
+    flank matters for re-ID and most collections encode it there if anywhere.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise DataError(f"{src} is not a folder; give a folder with one sub-folder per identity")
+    rows = []
+    for ident in sorted(p for p in src.iterdir() if p.is_dir()):
+        for f in sorted(ident.rglob("*")):
+            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                name = f.stem.lower()
+                orient = "left" if "left" in name else "right" if "right" in name else ""
+                rows.append({"identity": ident.name, "source": str(f), "orientation": orient})
+    if not rows:
+        raise DataError(f"{src}: no images found in its sub-folders; expect SRC/<identity>/<image>.jpg")
+    return pd.DataFrame(rows)
+
+
+def _place(src: str, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # no copy when on the same disk
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def import_folders(
+    src: str | Path,
+    out: str | Path,
+    dataset: str,
+    unknown_fraction: float = 0.25,
+    query_fraction: float = 0.3,
+    seed: int = 0,
+    layout: str = "2025",
+    species: str = "",
+) -> Path:
+    """Turn ``SRC/<identity>/<image>`` into a competition folder at ``out`` with an open-set query split.
+
+    2025 layout: a share ``unknown_fraction`` of identities become unknown (query-only) individuals, and
+    ``query_fraction`` of each known identity's images become queries. 2026 layout: the same split, named
+    train/test. ``solution.csv`` (the answer key) and ``sample_submission.csv`` are written beside it.
+    """
+    from .splits import open_set_split
+    from .submit import write_csv_atomic
+
+    if layout not in LAYOUT_SPLITS:
+        raise DataError(f"--layout {layout!r}: choose 2025 or 2026")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} exists and is not empty; give a new folder for the competition")
+    found = scan_folders(src)
+    bad = [f"{s}: {why}" for s in found["source"] if (why := check_image(s))]
+    if bad:
+        raise _problems_error(f"{src} holds unreadable images (remove or fix them)", bad)
+    found["dataset"] = dataset
+    split = open_set_split(found, unknown_fraction=unknown_fraction, query_fraction=query_fraction, seed=seed)
+    labelled_name, unlabelled_name = LAYOUT_SPLITS[layout]
+    split["image_id"] = [f"{i:06d}" for i in range(len(split))]
+    is_lab = split["split"] == "database"
+    paths = []
+    for r in split.itertuples():
+        ext = Path(r.source).suffix.lower()
+        if layout == "2026" and is_lab[r.Index]:
+            rel = f"images/{dataset}/{labelled_name}/{r.identity}/{r.image_id}{ext}"
+        else:
+            rel = f"images/{dataset}/{labelled_name if is_lab[r.Index] else unlabelled_name}/{r.image_id}{ext}"
+        paths.append(rel)
+    split["path"] = paths
+    meta = pd.DataFrame({
+        "image_id": split["image_id"],
+        "identity": np.where(is_lab, split["identity"], ""),
+        "path": split["path"],
+        "date": "",
+        "orientation": split["orientation"],
+        "species": species,
+        "split": np.where(is_lab, labelled_name, unlabelled_name),
+        "dataset": dataset,
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    for s, rel in zip(split["source"], split["path"]):
+        _place(s, out / rel)
+    q = split[~is_lab]
+    if layout == "2025":
+        solution = pd.DataFrame({"image_id": q["image_id"], "identity": q["identity"], "dataset": dataset,
+                                 "new_identity": q["new_identity"]})
+        sample = pd.DataFrame({"image_id": q["image_id"], "identity": NEW_INDIVIDUAL})
+    else:
+        solution = pd.DataFrame({"image_id": q["image_id"], "identity": q["identity"], "dataset": dataset})
+        sample = pd.DataFrame({"image_id": q["image_id"], "cluster": [f"cluster_{dataset}_{i}" for i in q["image_id"]]})
+    write_csv_atomic(meta, out / "metadata.csv")
+    write_csv_atomic(solution, out / "solution.csv")
+    write_csv_atomic(sample, out / "sample_submission.csv")
+    return out

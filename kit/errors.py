@@ -1,0 +1,29 @@
+"""Errors that users see. Each message names what is wrong, where (file, row) and how to fix it."""
+
+
+class KitError(Exception):
+    """Base class: the CLI prints these as one clean message, never as a stack trace."""
+
+
+class DataError(KitError):
+    """A competition folder, metadata file or image is malformed."""
+
+
+class ImageError(DataError):
+    """An image file cannot be decoded (missing, truncated, not an image)."""
+
+
+class WeightsError(KitError):
+    """Model weights are missing, half-loaded or cannot be found."""
+
+
+class SubmissionError(KitError):
+    """A submission file is malformed (the Kaggle metric's ParticipantVisibleError)."""
+
+
+class CacheError(KitError):
+    """A cache file is corrupt; callers recompute and warn."""
+
+
+class ConfigError(KitError):
+    """A config file or a --set override is malformed."""

