@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--layout", choices=["2025", "2026"], default="2025")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--identities", type=int, default=30, help="identities per dataset")
+    p.add_argument("--identities", type=int, default=55, help="identities per dataset (55: about 1,000 images)")
     p.add_argument("--size", type=int, default=160, help="image side in px")
     p.set_defaults(fn=cmd_synth)
 

@@ -1,26 +1,22 @@
 """Synthetic AnimalCLEF competitions, for tests and the offline demo.
 
 ``make_competition(out)`` writes a folder laid out like a real AnimalCLEF competition: ``metadata.csv``,
-``images/...`` JPEGs, ``sample_submission.csv``, and the answer key ``solution.csv`` beside them (only
-metrics and tests may read it). ``layout="2025"`` gives database/query splits with unknown individuals
-among the queries; ``layout="2026"`` gives train/test splits for clustering, plus a test-only dataset.
+``images/...`` JPEGs, ``sample_submission.csv``, and the answer key ``solution.csv`` (for metrics and tests
+only). Layout "2025": database/query, unknown individuals among the queries; "2026": train/test for
+clustering, plus a test-only dataset. The datasets mimic AnimalCLEF's: SynLynx (spotted fur seen from the
+side; each flank has its own pattern and `orientation` says which is shown), SynSalamander (yellow blotches
+on black, from above, any rotation), SynTurtle (a shell of individual polygonal scutes; top, left or right
+view) and, in 2026 only, SynLizard (rimmed dark blotches on sand; test images only, like TexasHornedLizards).
 
-The datasets mimic AnimalCLEF25's:
-- SynLynx: spotted fur seen from the side. Each flank carries its own pattern, so a left photo cannot
-  be matched to a right one; the ``orientation`` column says which flank is shown.
-- SynSalamander: black body with yellow blotches seen from above, at any in-plane rotation.
-- SynTurtle: a shell of polygonal scutes whose layout, colours and streaks are individual, seen from the
-  top or obliquely from the left or right.
-- SynLizard (2026 only, test images only, like TexasHornedLizards): sandy body with rimmed dark blotches.
-
-An individual is told apart only by its coat or shell, drawn from (seed, dataset, identity). Every photo
-varies pose (rotation, scale, perspective), lighting, blur and noise. Backgrounds are the trap: each
-dataset has a few camera-trap scenes shared by all individuals, and an individual is mostly photographed
-at its home trap, so matching backgrounds looks useful on validation while confusing individuals.
+An individual is told apart only by its coat or shell, drawn from (seed, dataset, identity). Every photo varies
+pose (rotation, scale, perspective), lighting, blur and noise. Backgrounds are the trap: each dataset has a few
+camera-trap scenes shared by all individuals, and an individual is mostly photographed at its home trap, so
+matching backgrounds looks useful on validation while it confuses individuals.
 
 Same arguments give byte-identical files (per-image seeded numpy Generators, fixed JPEG settings).
-Defaults write about 990 images (2025) or 1,320 (2026) in about 5 s on 2 cores; tests' tiny settings
-(identities=4, images_per_identity=(2, 3), image_size=64) take well under 1 s.
+Defaults (55 identities per dataset, 3 to 9 photos each, 160 px) write 1,005 images (2025) or 1,332 (2026)
+in 10 to 15 s on 2 shared cores; tests' tiny settings (identities=4, images_per_identity=(2, 3), image_size=64)
+take 0.1 to 0.4 s.
 """
 
 from __future__ import annotations
@@ -43,16 +39,17 @@ COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "sp
 
 # Per dataset: `index` fixes its random streams whatever subset is generated; orientations and their odds;
 # `spin` is the in-plane rotation range in degrees (180 = any angle); `night` the share of grey IR photos;
-# `start` the first camera-trap day (dates fall in the 4 years after it); `scenery` the background props.
+# `start` the first camera-trap day (dates fall in the 4 years after it); `scenery` and `ground` (dark and
+# light colour) describe the background scenes.
 DATASETS = {
-    "SynLynx": dict(index=0, species="lynx", orientations={"left": 0.5, "right": 0.5}, spin=12,
-                    night=0.2, start="2016-03-01", scenery="trunks", ground=((45, 60, 35), (150, 150, 95))),
-    "SynSalamander": dict(index=1, species="salamander", orientations={"top": 1.0}, spin=180,
-                          night=0.0, start="2019-04-01", scenery="leaves", ground=((50, 40, 30), (135, 115, 80))),
+    "SynLynx": dict(index=0, species="lynx", orientations={"left": 0.5, "right": 0.5}, spin=12, night=0.2,
+                    start="2016-03-01", scenery="trunks", ground=((45, 60, 35), (150, 150, 95))),
+    "SynSalamander": dict(index=1, species="salamander", orientations={"top": 1.0}, spin=180, night=0.0,
+                          start="2019-04-01", scenery="leaves", ground=((50, 40, 30), (135, 115, 80))),
     "SynTurtle": dict(index=2, species="loggerhead turtle", orientations={"left": 0.3, "right": 0.3, "top": 0.4},
                       spin=20, night=0.0, start="2012-06-01", scenery="stones", ground=((20, 70, 90), (120, 175, 170))),
-    "SynLizard": dict(index=3, species="texas horned lizard", orientations={"top": 1.0}, spin=180,
-                      night=0.0, start="2021-05-01", scenery="stones", ground=((120, 95, 70), (215, 190, 150))),
+    "SynLizard": dict(index=3, species="texas horned lizard", orientations={"top": 1.0}, spin=180, night=0.0,
+                      start="2021-05-01", scenery="stones", ground=((120, 95, 70), (215, 190, 150))),
 }
 LAYOUTS = {"2025": ("SynLynx", "SynSalamander", "SynTurtle"),
            "2026": ("SynLynx", "SynSalamander", "SynTurtle", "SynLizard")}
@@ -108,23 +105,23 @@ def make_competition(out, *, layout="2025", seed=0, identities=55, images_per_id
 
 def _check_args(layout, seed, identities, per_id, unknown_fraction, query_fraction, image_size, datasets):
     """Return the dataset names to generate, or raise ConfigError naming the bad argument and the fix."""
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout={layout!r} is unknown; use one of {sorted(LAYOUTS)}.")
-    checks = [
-        (isinstance(seed, (int, np.integer)) and seed >= 0, f"seed={seed!r}: use an integer >= 0"),
-        (isinstance(identities, (int, np.integer)) and identities >= 1, f"identities={identities!r}: use an integer >= 1"),
-        (len(per_id) == 2 and 1 <= per_id[0] <= per_id[1], f"images_per_identity={per_id!r}: use (min, max) with 1 <= min <= max"),
-        (0.0 <= unknown_fraction <= 1.0, f"unknown_fraction={unknown_fraction!r}: use a number in [0, 1]"),
-        (0.0 <= query_fraction <= 1.0, f"query_fraction={query_fraction!r}: use a number in [0, 1]"),
-        (isinstance(image_size, (int, np.integer)) and image_size >= 32, f"image_size={image_size!r}: use an integer >= 32"),
-    ]
-    for ok, message in checks:
+    whole = lambda x, low: isinstance(x, (int, np.integer)) and x >= low  # noqa: E731
+    names = LAYOUTS.get(layout, ()) if datasets is None else tuple(datasets)
+    checks = {  # message: whether the argument is fine, in the order they are reported
+        f"layout={layout!r}: use one of {sorted(LAYOUTS)}": layout in LAYOUTS,
+        f"datasets={datasets!r}: give distinct names from {list(DATASETS)}":
+            0 < len(set(names)) == len(names) and set(names) <= set(DATASETS),
+        f"seed={seed!r}: use an integer >= 0": whole(seed, 0),
+        f"identities={identities!r}: use an integer >= 1": whole(identities, 1),
+        f"images_per_identity={per_id!r}: use (min, max) with 1 <= min <= max":
+            len(per_id) == 2 and whole(per_id[0], 1) and whole(per_id[1], per_id[0]),
+        f"unknown_fraction={unknown_fraction!r}: use a number in [0, 1]": 0 <= unknown_fraction <= 1,
+        f"query_fraction={query_fraction!r}: use a number in [0, 1]": 0 <= query_fraction <= 1,
+        f"image_size={image_size!r}: use an integer >= 32": whole(image_size, 32),
+    }
+    for message, ok in checks.items():
         if not ok:
             raise ConfigError(f"make_competition: {message}.")
-    names = LAYOUTS[layout] if datasets is None else tuple(datasets)
-    unknown = [n for n in names if n not in DATASETS]
-    if unknown or not names or len(set(names)) != len(names):
-        raise ConfigError(f"datasets={datasets!r}: give distinct names from {list(DATASETS)}.")
     return names
 
 
@@ -133,18 +130,16 @@ def _rng(*keys) -> np.random.Generator:
 
 
 def _share(fraction, n) -> int:
-    """round(fraction * n), but at least one and not all of n when 0 < fraction < 1, so both kinds exist."""
-    if fraction <= 0 or fraction >= 1:
-        return 0 if fraction <= 0 else n
-    return max(0, min(max(round(fraction * n), 1), n - 1))
+    """round(fraction * n), kept within 1..n-1 when 0 < fraction < 1 so that both kinds exist."""
+    return 0 if fraction <= 0 else n if fraction >= 1 else max(0, min(max(round(fraction * n), 1), n - 1))
 
 
 def _plan(name, layout, seed, identities, per_id, unknown_fraction, query_fraction) -> list[dict]:
     """Rows of one dataset (no image_id/path yet), shuffled so that row order leaks neither identity nor split."""
     spec = DATASETS[name]
     rng = _rng(seed, _META, spec["index"])
-    test_only = name in _TEST_ONLY.get(layout, ())
-    new = set(rng.permutation(identities)[:identities if test_only else _share(unknown_fraction, identities)].tolist())
+    n_new = identities if name in _TEST_ONLY.get(layout, ()) else _share(unknown_fraction, identities)
+    new = set(rng.permutation(identities)[:n_new].tolist())
     held, kept = ("query", "database") if layout == "2025" else ("test", "train")
     views, odds = list(spec["orientations"]), list(spec["orientations"].values())
     start = dt.date.fromisoformat(spec["start"])
@@ -152,13 +147,14 @@ def _plan(name, layout, seed, identities, per_id, unknown_fraction, query_fracti
     for i in range(identities):
         k = int(rng.integers(per_id[0], per_id[1] + 1))
         days = np.sort(rng.integers(0, 4 * 365, size=k))  # the latest sightings are held out, as in a season split
-        n_held = k if i in new else (0 if k < 2 or query_fraction <= 0 else min(k - 1, max(1, round(query_fraction * k))))
+        n_held = min(k - 1, max(1, round(query_fraction * k))) if k > 1 and query_fraction > 0 else 0
+        n_held = k if i in new else n_held
         home = int(rng.integers(_N_TRAPS))
         for j in range(k):
             trap = home if rng.random() < _HOME_TRAP else int(rng.integers(_N_TRAPS))
             date = "" if rng.random() < _NO_DATE else (start + dt.timedelta(days=int(days[j]))).isoformat()
-            rows.append(dict(identity=f"{name}_{i:04d}", individual=i, shot=j, new=i in new, trap=trap, date=date,
-                             orientation=str(rng.choice(views, p=odds)), species=spec["species"],
+            rows.append(dict(identity=f"{name}_{i:04d}", individual=i, shot=j, new=i in new, trap=trap,
+                             date=date, orientation=str(rng.choice(views, p=odds)), species=spec["species"],
                              split=held if j >= k - n_held else kept, dataset=name))
     return [rows[o] for o in rng.permutation(len(rows))]
 
@@ -176,7 +172,8 @@ def _write_tables(root: Path, rows: list[dict], layout: str) -> None:
         sample = pd.DataFrame({"image_id": key["image_id"], "identity": "new_individual"})
     else:
         solution = key[["image_id", "identity", "dataset"]]
-        sample = pd.DataFrame({"image_id": key["image_id"], "cluster": "cluster_" + key["dataset"] + "_" + key["image_id"]})
+        sample = pd.DataFrame({"image_id": key["image_id"],
+                               "cluster": "cluster_" + key["dataset"] + "_" + key["image_id"]})
     solution.to_csv(root / "solution.csv", index=False, lineterminator="\n")
     sample.to_csv(root / "sample_submission.csv", index=False, lineterminator="\n")
 
@@ -186,8 +183,8 @@ def _render_all(root: Path, rows: list[dict], seed: int, size: int) -> None:
     by_individual: dict[tuple, list[dict]] = {}
     for row in rows:
         by_individual.setdefault((row["dataset"], row["individual"]), []).append(row)
-    traps = {name: [_background(_rng(seed, _TRAP, DATASETS[name]["index"], t), int(size * 1.2), DATASETS[name])
-                    for t in range(_N_TRAPS)] for name in {r["dataset"] for r in rows}}
+    traps = {name: [_background(_rng(seed, _TRAP, spec["index"], t), int(size * 1.2), spec) for t in range(_N_TRAPS)]
+             for name, spec in DATASETS.items()}  # a few ms each
     with tqdm(total=len(rows), desc="synth images", unit="img", disable=None) as bar:
         for (name, i), shots in by_individual.items():
             spec = DATASETS[name]
@@ -197,9 +194,8 @@ def _render_all(root: Path, rows: list[dict], seed: int, size: int) -> None:
                 view = (0.0, 1.0) if row["orientation"] in looks else _VIEWS[row["orientation"]]
                 rng = _rng(seed, _SHOT, spec["index"], i, row["shot"])
                 photo = _photograph(rng, look, view, traps[name][row["trap"]], spec, size)
-                path = root / row["path"]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                photo.save(path, "JPEG", **_JPEG)
+                (root / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+                photo.save(root / row["path"], "JPEG", **_JPEG)
                 bar.update()
 
 
@@ -223,28 +219,34 @@ def _shape(parts, c: int) -> Image.Image:
     return mask.resize((c, c), Image.BOX)
 
 
-_LYNX = [("e", (0.20, 0.36, 0.76, 0.66)), ("p", [(0.62, 0.42), (0.74, 0.28), (0.84, 0.36), (0.74, 0.58)]),
-         ("e", (0.70, 0.24, 0.92, 0.46)), ("p", [(0.72, 0.31), (0.74, 0.13), (0.79, 0.27)]),
-         ("p", [(0.82, 0.27), (0.87, 0.12), (0.89, 0.31)]), ("p", [(0.23, 0.43), (0.12, 0.39), (0.11, 0.47), (0.23, 0.52)]),
-         ("p", [(0.62, 0.55), (0.70, 0.55), (0.71, 0.90), (0.63, 0.90)]), ("p", [(0.53, 0.56), (0.60, 0.56), (0.59, 0.88), (0.53, 0.88)]),
-         ("p", [(0.22, 0.48), (0.36, 0.52), (0.33, 0.90), (0.26, 0.90)]), ("p", [(0.35, 0.56), (0.43, 0.56), (0.43, 0.88), (0.37, 0.88)])]
-_LYNX_MARKS = [("e", (0.10, 0.39, 0.15, 0.48)), ("p", [(0.74, 0.13), (0.745, 0.07), (0.76, 0.17)]),
-               ("p", [(0.87, 0.12), (0.875, 0.06), (0.88, 0.16)]), ("e", (0.835, 0.30, 0.86, 0.325)),
-               ("e", (0.905, 0.365, 0.925, 0.39))]  # tail tip, ear tufts, eye, nose: the same on every lynx
-_SAL_SIDE = [("p", [(0.41, 0.27), (0.27, 0.20), (0.24, 0.24), (0.40, 0.34)]), ("e", (0.21, 0.17, 0.28, 0.24)),
+_LYNX = [  # facing right: body, neck, head, ears, bobtail, four legs
+    ("e", (0.20, 0.36, 0.76, 0.66)), ("p", [(0.62, 0.42), (0.74, 0.28), (0.84, 0.36), (0.74, 0.58)]),
+    ("e", (0.70, 0.24, 0.92, 0.46)), ("p", [(0.72, 0.31), (0.74, 0.13), (0.79, 0.27)]),
+    ("p", [(0.82, 0.27), (0.87, 0.12), (0.89, 0.31)]), ("p", [(0.23, 0.43), (0.12, 0.39), (0.11, 0.47), (0.23, 0.52)]),
+    ("p", [(0.62, 0.55), (0.70, 0.55), (0.71, 0.90), (0.63, 0.90)]),
+    ("p", [(0.53, 0.56), (0.60, 0.56), (0.59, 0.88), (0.53, 0.88)]),
+    ("p", [(0.22, 0.48), (0.36, 0.52), (0.33, 0.90), (0.26, 0.90)]),
+    ("p", [(0.35, 0.56), (0.43, 0.56), (0.43, 0.88), (0.37, 0.88)])]
+_LYNX_MARKS = [("e", (0.10, 0.39, 0.15, 0.48)), ("e", (0.835, 0.30, 0.86, 0.325)), ("e", (0.905, 0.365, 0.925, 0.39)),
+               ("p", [(0.74, 0.13), (0.745, 0.07), (0.76, 0.17)]), ("p", [(0.87, 0.12), (0.875, 0.06), (0.88, 0.16)])]
+# ^ tail tip, eye, nose and ear tufts: the same on every lynx
+_SAL_LEGS = [("p", [(0.41, 0.27), (0.27, 0.20), (0.24, 0.24), (0.40, 0.34)]), ("e", (0.21, 0.17, 0.28, 0.24)),
              ("p", [(0.41, 0.55), (0.27, 0.65), (0.29, 0.69), (0.42, 0.62)]), ("e", (0.24, 0.64, 0.31, 0.71))]
-_SALAMANDER = [("e", (0.39, 0.07, 0.61, 0.27)), ("e", (0.38, 0.19, 0.62, 0.66))] + _SAL_SIDE + _mirror(_SAL_SIDE) + [
-    ("e", (0.5 + 0.08 * np.sin(2.5 * t) - r, 0.62 + 0.33 * t - r, 0.5 + 0.08 * np.sin(2.5 * t) + r, 0.62 + 0.33 * t + r))
-    for t, r in zip(np.linspace(0, 1, 16), np.linspace(0.09, 0.015, 16))]
-_TURTLE_SIDE = [("p", [(0.30, 0.28), (0.12, 0.33), (0.03, 0.50), (0.13, 0.48), (0.30, 0.42)]),
-                ("p", [(0.33, 0.72), (0.22, 0.84), (0.28, 0.88), (0.39, 0.78)])]
-_TURTLE = [("e", (0.42, 0.04, 0.58, 0.24)), ("p", [(0.47, 0.80), (0.53, 0.80), (0.50, 0.91)])] + _TURTLE_SIDE + _mirror(_TURTLE_SIDE)
+_SALAMANDER = [("e", (0.39, 0.07, 0.61, 0.27)), ("e", (0.38, 0.19, 0.62, 0.66))] + _SAL_LEGS + _mirror(_SAL_LEGS) + [
+    ("e", (x - r, y - r, x + r, y + r)) for x, y, r in zip(  # a tapering, curving tail
+        0.5 + 0.08 * np.sin(np.linspace(0, 2.5, 16)), np.linspace(0.62, 0.95, 16), np.linspace(0.09, 0.015, 16))]
+_FLIPPERS = [("p", [(0.30, 0.28), (0.12, 0.33), (0.03, 0.50), (0.13, 0.48), (0.30, 0.42)]),
+             ("p", [(0.33, 0.72), (0.22, 0.84), (0.28, 0.88), (0.39, 0.78)])]
+_TURTLE = [("e", (0.42, 0.04, 0.58, 0.24)), ("p", [(0.47, 0.80), (0.53, 0.80), (0.50, 0.91)])] \
+    + _FLIPPERS + _mirror(_FLIPPERS)
 _SHELL = (0.5, 0.52, 0.25, 0.32)  # centre x, y and half axes of the carapace ellipse
 _LIZ_SIDE = [("p", [(0.37, 0.23), (0.29, 0.10), (0.41, 0.18)]), ("p", [(0.44, 0.15), (0.42, 0.05), (0.47, 0.13)]),
-             ("p", [(0.32, 0.36), (0.18, 0.30), (0.17, 0.34), (0.31, 0.42)]), ("p", [(0.31, 0.62), (0.18, 0.72), (0.20, 0.75), (0.33, 0.68)])]
-_LIZARD = [("e", (0.36, 0.12, 0.64, 0.34)), ("e", (0.27, 0.27, 0.73, 0.76)), ("p", [(0.44, 0.72), (0.56, 0.72), (0.50, 0.96)])] \
-    + _LIZ_SIDE + _mirror(_LIZ_SIDE) + [  # the fringe of spiky scales along each side of the body
-    ("p", [(0.5 + side * 0.23 * f * np.cos(a), 0.515 + 0.245 * f * np.sin(a)) for a, f in ((t - 0.08, 0.95), (t, 1.08), (t + 0.08, 0.95))])
+             ("p", [(0.32, 0.36), (0.18, 0.30), (0.17, 0.34), (0.31, 0.42)]),
+             ("p", [(0.31, 0.62), (0.18, 0.72), (0.20, 0.75), (0.33, 0.68)])]  # horns and legs
+_LIZARD = [("e", (0.36, 0.12, 0.64, 0.34)), ("e", (0.27, 0.27, 0.73, 0.76)),
+           ("p", [(0.44, 0.72), (0.56, 0.72), (0.5, 0.96)])] + _LIZ_SIDE + _mirror(_LIZ_SIDE) + [
+    ("p", [(0.5 + side * 0.23 * f * np.cos(a), 0.515 + 0.245 * f * np.sin(a))  # spiky scales fringe the body
+           for a, f in ((t - 0.08, 0.95), (t, 1.08), (t + 0.08, 0.95))])
     for side in (-1, 1) for t in np.linspace(-1.2, 1.2, 9)]
 
 
@@ -286,10 +288,13 @@ def _fur(rng, c: int, colour, grain: float) -> np.ndarray:
     return np.asarray(colour, np.float32) * (1 + grain * (_noise(rng, c, c // 6) - 0.5))[..., None]
 
 
+# Each _draw_* returns an individual's looks, {orientation or "top": premultiplied RGBa image of side c}.
+
 def _draw_lynx(rng, c):
     mask = _shape(_LYNX, c)
     belly = np.clip((np.linspace(0, 1, c, dtype=np.float32) - 0.52) / 0.12, 0, 1)[:, None] * 0.7
-    coat = _paint(_fur(rng, c, rng.uniform(0.9, 1.1, 3) * (175, 138, 98), 0.3), np.broadcast_to(belly, (c, c)), (225, 210, 185))
+    fur = _fur(rng, c, rng.uniform(0.9, 1.1, 3) * (175, 138, 98), 0.3)
+    coat = _paint(fur, np.broadcast_to(belly, (c, c)), (225, 210, 185))
     coat = _paint(coat, np.asarray(_shape(_LYNX_MARKS, c), np.float32) / 255, (35, 28, 22))
     looks = {}
     for flank in ("right", "left"):  # drawn independently: the two flanks of a lynx do not match
@@ -310,16 +315,19 @@ def _draw_turtle(rng, c):
     """Scutes are Voronoi cells of jittered seeds inside the shell, ringed by marginal scutes."""
     cx, cy, ax, ay = _SHELL
     ramp = (np.arange(c, dtype=np.float32) + 0.5) / c
-    u, v = (ramp[None, :] - cx) / ax, (ramp[:, None] - cy) / ay  # shell coordinates: the outline is the unit circle
-    seeds = np.array([(0, t) for t in (-0.62, -0.31, 0, 0.31, 0.62)] + [(s * 0.5, t) for s in (-1, 1) for t in (-0.45, -0.15, 0.15, 0.45)])
+    u, v = (ramp[None, :] - cx) / ax, (ramp[:, None] - cy) / ay  # shell coordinates: its outline is the unit circle
+    vertebral = [(0, t) for t in (-0.62, -0.31, 0, 0.31, 0.62)]
+    seeds = np.array(vertebral + [(s * 0.5, t) for s in (-1, 1) for t in (-0.45, -0.15, 0.15, 0.45)])  # + costal
     seeds = (seeds + rng.normal(0, 0.07, seeds.shape)).astype(np.float32)
     cell = np.hypot(u[..., None] - seeds[:, 0], v[..., None] - seeds[:, 1]).argmin(-1)  # [c, c]
     edges = np.sort(rng.uniform(-np.pi, np.pi, 24)).astype(np.float32)
     cell = np.where(np.hypot(u, v) > 0.84, len(seeds) + np.searchsorted(edges, np.arctan2(v, u)) % 24, cell)
     border = (cell != np.roll(cell, 1, 0)) | (cell != np.roll(cell, 1, 1))
-    tones = rng.uniform(0.55, 1.25, (len(seeds) + 24, 1)) * (160, 85, 35) * rng.uniform(0.9, 1.1, (len(seeds) + 24, 3))
+    n = len(seeds) + 24
+    tones = rng.uniform(0.55, 1.25, (n, 1)) * (160, 85, 35) * rng.uniform(0.9, 1.1, (n, 3))
     centre = np.vstack([seeds, np.zeros((24, 2), np.float32)])[cell]
-    streak = np.sin(np.arctan2(v - centre[..., 1], u - centre[..., 0]) * rng.integers(5, 10) + rng.uniform(0, 6.3)) > 0.5
+    spokes = np.arctan2(v - centre[..., 1], u - centre[..., 0]) * rng.integers(5, 10)
+    streak = np.sin(spokes + rng.uniform(0, 6.3)) > 0.5  # the radiating streaks of a loggerhead's scutes
     shell = _paint(tones[cell].astype(np.float32), (streak * 0.35 + border * 0.6).astype(np.float32), (45, 25, 12))
     limbs, carapace = _shape(_TURTLE, c), _shape([("e", (cx - ax, cy - ay, cx + ax, cy + ay))], c)
     skin = _paint(_fur(rng, c, (150, 130, 105), 0.4), _blobs(rng, limbs, 40, (0.006, 0.012), (1, 1)), (95, 70, 50))
@@ -331,14 +339,17 @@ def _draw_turtle(rng, c):
 def _draw_lizard(rng, c):
     mask = _shape(_LIZARD, c)
     blotches = _blobs(rng, mask, int(rng.integers(8, 14)), (0.02, 0.04), (1, 3))
-    rims = np.asarray(Image.fromarray((blotches * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(5)), np.float32) / 255
+    grown = Image.fromarray((blotches * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(5))
+    rims = np.asarray(grown, np.float32) / 255
     ramp = (np.arange(c, dtype=np.float32) + 0.5) / c
     stripe = 0.7 * ((np.abs(ramp[None, :] - 0.5) < 0.012) & (np.abs(ramp[:, None] - 0.5) < 0.2)).astype(np.float32)
-    coat = _paint(_fur(rng, c, rng.uniform(0.9, 1.1) * np.array((190, 158, 118)), 0.5), np.maximum(rims, stripe), (235, 220, 190))
+    fur = _fur(rng, c, rng.uniform(0.9, 1.1) * np.array((190, 158, 118)), 0.5)
+    coat = _paint(fur, np.maximum(rims, stripe), (235, 220, 190))
     return {"top": _finish(_paint(coat, blotches, (85, 55, 38)), mask)}
 
 
-_DRAW = {"SynLynx": _draw_lynx, "SynSalamander": _draw_salamander, "SynTurtle": _draw_turtle, "SynLizard": _draw_lizard}
+_DRAW = {"SynLynx": _draw_lynx, "SynSalamander": _draw_salamander, "SynTurtle": _draw_turtle,
+         "SynLizard": _draw_lizard}
 
 
 def _background(rng, size: int, spec: dict) -> Image.Image:
@@ -350,13 +361,12 @@ def _background(rng, size: int, spec: dict) -> Image.Image:
     for _ in range(int(rng.integers(4, 9))):
         shade = tuple(int(x) for x in (lo if rng.random() < 0.5 else hi) * rng.uniform(0.5, 1.2))
         x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.04, 0.12) * size
-        if spec["scenery"] == "trunks":
-            draw.polygon([(x - r, -1), (x + r, -1), (x + r * 1.3 + r, size), (x - r * 1.3 + r, size)], fill=shade)
+        if spec["scenery"] == "trunks":  # leaning, widening towards the ground
+            draw.polygon([(x - r, -1), (x + r, -1), (x + 2.3 * r, size), (x - 0.3 * r, size)], fill=shade)
         elif spec["scenery"] == "leaves":
-            a = rng.uniform(0, np.pi)
-            t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
-            draw.polygon(list(zip(x + r * (np.cos(t) * np.cos(a) - 0.4 * np.sin(t) * np.sin(a)),
-                                  y + r * (np.cos(t) * np.sin(a) + 0.4 * np.sin(t) * np.cos(a)))), fill=shade)
+            t = np.linspace(0, 2 * np.pi, 12, endpoint=False)  # a narrow ellipse at any angle
+            leaf = (np.cos(t) + 0.4j * np.sin(t)) * r * np.exp(1j * rng.uniform(0, np.pi)) + complex(x, y)
+            draw.polygon(list(zip(leaf.real, leaf.imag)), fill=shade)
         else:
             draw.ellipse([x - r, y - 0.7 * r, x + r, y + 0.7 * r], fill=shade)
     return scene
@@ -364,19 +374,17 @@ def _background(rng, size: int, spec: dict) -> Image.Image:
 
 def _coeffs(dst: np.ndarray, src: np.ndarray) -> tuple:
     """PIL PERSPECTIVE coefficients mapping output points dst [4, 2] back to input points src [4, 2]."""
-    a = np.zeros((8, 8))
-    for k, ((x, y), (p, q)) in enumerate(zip(dst, src)):
-        a[2 * k] = (x, y, 1, 0, 0, 0, -p * x, -p * y)
-        a[2 * k + 1] = (0, 0, 0, x, y, 1, -q * x, -q * y)
-    return tuple(np.linalg.solve(a, src.reshape(-1)))
+    a = [row for (x, y), (p, q) in zip(dst, src)
+         for row in ((x, y, 1, 0, 0, 0, -p * x, -p * y), (0, 0, 0, x, y, 1, -q * x, -q * y))]
+    return tuple(np.linalg.solve(np.array(a), src.reshape(-1)))
 
 
 def _photograph(rng, look: Image.Image, view: tuple, trap: Image.Image, spec: dict, s: int) -> Image.Image:
     """One photo: the individual's render posed, placed on its trap's scene, then blurred, lit and noised."""
     ox, oy = rng.integers(0, trap.size[0] - s + 1, 2)  # a camera trap barely moves between shots
     scene = trap.crop((ox, oy, ox + s, oy + s))
-    turn, squash = view
-    theta, scale = np.deg2rad(turn + rng.uniform(-spec["spin"], spec["spin"])), rng.uniform(0.72, 1.0)
+    (turn, squash), scale = view, rng.uniform(0.72, 1.0)
+    theta = np.deg2rad(turn + rng.uniform(-spec["spin"], spec["spin"]))
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) * scale
     corners = np.array([(0, 0), (s, 0), (s, s), (0, s)], float)
     shift = s / 2 + rng.uniform(-1, 1, 2) * (1.1 - scale) * s / 2
@@ -390,7 +398,7 @@ def _photograph(rng, look: Image.Image, view: tuple, trap: Image.Image, spec: di
         scene = scene.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.3) * s / 160))
     ramp = np.linspace(-1, 1, s, dtype=np.float32)
     phi = rng.uniform(0, 2 * np.pi)
-    light = 1 + rng.uniform(0, 0.4) * (ramp[None, :] * np.cos(phi) + ramp[:, None] * np.sin(phi))  # sun or flash from one side
+    light = 1 + rng.uniform(0, 0.4) * (ramp[None, :] * np.cos(phi) + ramp[:, None] * np.sin(phi))  # from one side
     gain = light[..., None] * (rng.uniform(0.65, 1.25) * rng.uniform(0.94, 1.06, 3)).astype(np.float32)  # [s, s, 3]
     img = np.asarray(scene, np.float32)
     contrast = rng.uniform(0.75, 1.2)

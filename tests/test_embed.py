@@ -143,3 +143,21 @@ def test_tta_flip_changes_embeddings(tiny_2025, lite0):
     b = embed.embed_paths(paths, _conf(tta_flip=True)["embed"], None, lite0)
     assert not np.allclose(a, b)
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
+
+
+def test_miewid_style_checkpoint_loads_by_key_map(tmp_path):
+    """A MiewID-layout state dict (backbone.*, pooling.p, bn.*, final.* head) loads onto a gem_bn Embedder."""
+    conf = {**load_config()["embed"], "model": "test_efficientnet", "neck": "gem_bn",
+            "key_map": [["pooling.", "neck.0."], ["bn.", "neck.1."]], "allow_random_weights": True}
+    src = embed.Embedder("test_efficientnet", "gem_bn")
+    sd = {}
+    for k, v in src.state_dict().items():
+        k = k.replace("neck.0.", "pooling.").replace("neck.1.", "bn.")
+        sd[k] = v.clone() + 0.5 if v.is_floating_point() else v.clone()
+    sd["final.weight"] = torch.zeros(10, src.dim)  # the ArcFace classifier: dropped
+    torch.save(sd, tmp_path / "miewid.bin")
+    b = embed.load_backbone({**conf, "weights": str(tmp_path / "miewid.bin")})
+    assert torch.equal(b.model.neck[0].p, sd["pooling.p"])
+    assert torch.equal(b.model.neck[1].running_mean, sd["bn.running_mean"])
+    x = torch.randn(2, 3, 32, 32)
+    assert b.model(x).shape == (2, src.dim)
