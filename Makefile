@@ -6,10 +6,16 @@ KIT := .venv/bin/kit
 DATA ?=
 CONFIG ?= configs/default.yaml
 DEMO := .demo
+SUBMISSIONS ?= submissions# where `make submit` writes <timestamp>-<config>-<local score>.csv + .json
+SET ?=# extra settings for submit, as `kit --set`: SET="embed.batch_size=64 rerank.enabled=true"
+COMPETITION ?= animal-clef-2025
+KAGGLE_DATA ?= data/$(COMPETITION)# where `make download` unzips the competition
+KAGGLE_DATASET ?= dist/kaggle-dataset# the folder `make kaggle-dataset` builds
+NO_DOWNLOAD ?=# NO_DOWNLOAD=1: `make kaggle-dataset` without pip download (offline; the wheels folder is then partial)
 # The CPU/CUDA torch build that lies on this project's machines; Kaggle brings its own (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install demo test submit validate clean
+.PHONY: help install demo test submit validate clean download upload kaggle-dataset
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,16 +37,26 @@ demo: .venv/.installed ## synthesise a competition, write a submission for it an
 	$(KIT) submit $(DEMO)/competition --config $(CONFIG) --out submissions/demo.csv
 	$(KIT) score $(DEMO)/competition/solution.csv submissions/demo.csv
 
-test: .venv/.installed ## run the test suite (offline, CPU)
-	$(PY) -m pytest
+test: .venv/.installed ## run the test suite (offline, CPU), notebooks included
+	$(PY) -m pytest -rs
 
-submit: .venv/.installed ## write a submission: make submit DATA=path/to/competition [CONFIG=configs/x.yaml]
-	@test -n "$(DATA)" || { echo "usage: make submit DATA=path/to/competition [CONFIG=...]"; exit 2; }
-	$(KIT) submit $(DATA) --config $(CONFIG) --out submissions/submission.csv
+submit: .venv/.installed ## validate, then write submissions/<time>-<config>-<local score>.csv + provenance .json: make submit DATA=... [CONFIG=...]
+	@test -n "$(DATA)" || { echo "usage: make submit DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"]"; exit 2; }
+	$(KIT) submit $(DATA) --config $(CONFIG) $(foreach s,$(SET),--set $(s)) --provenance $(SUBMISSIONS)
 
 validate: .venv/.installed ## score the pipeline on an open-set split: make validate DATA=... [CONFIG=...]
 	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/competition [CONFIG=...]"; exit 2; }
 	$(KIT) validate $(DATA) --config $(CONFIG) --report reports/$$(basename $(DATA))
+
+download: .venv/.installed ## download and unzip the competition into data/ (needs Kaggle credentials, see README)
+	$(KIT) kaggle download --competition $(COMPETITION) --out $(KAGGLE_DATA)
+
+upload: .venv/.installed ## submit to Kaggle, message from the sidecar JSON: make upload FILE=submissions/<name>.csv
+	@test -n "$(FILE)" || { echo "usage: make upload FILE=submissions/<name>.csv (written by make submit)"; exit 2; }
+	$(KIT) kaggle upload $(FILE) --competition $(COMPETITION)
+
+kaggle-dataset: .venv/.installed ## build dist/kaggle-dataset (kit wheels + weights) for Kaggle without internet [NO_DOWNLOAD=1]
+	$(KIT) kaggle dataset $(KAGGLE_DATASET) $(if $(NO_DOWNLOAD),--no-download)
 
 clean: ## remove the demo folder and caches (not .venv)
 	rm -rf $(DEMO) .pytest_cache

@@ -68,13 +68,18 @@ def cmd_submit(args) -> int:
 
     conf = _conf(args)
     meta = read_competition(args.data, check_images=conf["data"]["check_images"])
-    if meta.attrs["layout"] != "2025":
-        from .errors import DataError
-
-        raise DataError(f"{args.data} is an AnimalCLEF 2026 (train/test) competition; run "
-                        "`kit submit --task clustering` for it")
+    if _task(args, meta) == "clustering":
+        return _submit_clustering(args, conf, meta)
     pred, details = run_submission(meta, conf)
-    out = write_submission(pred, meta, args.out)
+    if args.provenance:  # <timestamp>-<config>-<local score>.csv + sidecar JSON (kit/kaggle.py)
+        from .kaggle import record_submission
+
+        args.out, out, sidecar = record_submission(meta, conf, args.config, args.provenance, pred, details)
+        local = sidecar["local_score"]
+        print(f"local score {local['value']} (kit validate, {local['pipeline']} pipeline); "
+              f"provenance in {Path(args.out).with_suffix('.json')}")
+    else:
+        out = write_submission(pred, meta, args.out)
     q = meta[meta["split"] == "query"].set_index("image_id")["dataset"]
     new = out.assign(dataset=q.loc[out["image_id"]].to_numpy()).groupby("dataset")["identity"].agg(
         lambda s: int((s == "new_individual").sum()))
@@ -87,24 +92,78 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def _task(args, meta) -> str:
+    """The task of a submit/validate run: --task, or from the folder's layout (2026 -> clustering); a task
+    that does not fit the layout is a DataError."""
+    from .cluster import check_layout
+
+    task = getattr(args, "task", "auto")
+    if task == "auto":
+        task = "clustering" if meta.attrs.get("layout") == "2026" else "identification"
+    check_layout(meta, task, args.data)
+    return task
+
+
+def _submit_clustering(args, conf, meta) -> int:
+    from .cluster import run_cluster_submission
+    from .submit import write_submission
+
+    pred, details = run_cluster_submission(meta, conf)
+    out = write_submission(pred, meta, args.out)
+    for name, det in sorted(details.items()):
+        note = f"  [{det['note']}]" if det.get("note") else ""
+        print(f"{name}: {det['method']} cut={det['cut']:.4f}  held-out ARI estimate={det['heldout_ARI']:.4f}  "
+              f"{det['n_clusters']} clusters / {det['n_images']} images{note}")
+    print(f"wrote {len(out)} cluster assignments to {args.out}")
+    return 0
+
+
+def _validate_clustering(args, conf, meta) -> int:
+    from .cluster import format_report, run_cluster_validation
+
+    result, _ = run_cluster_validation(meta, conf)
+    print(f"{'dataset':<20} {'ARI':>6} {'pred/true clusters':>18} {'images':>6} {'method':>10} {'fallback':>8}")
+    for ds, r in result.items():
+        if ds != "mean":
+            fb = r.get("ARI_fallback")
+            print(f"{ds:<20} {r['ARI']:6.3f} {str(r['n_clusters']) + '/' + str(r['n_identities']):>18} "
+                  f"{r['n_images']:>6} {r['method'] or 'n/a':>10} {'n/a' if fb is None else f'{fb:.3f}':>8}")
+    print(f"mean ARI {result['mean']['ARI']:.4f}")
+    if args.report:
+        from .submit import write_text_atomic
+
+        rep = Path(args.report)
+        write_text_atomic(json.dumps(result, indent=2), rep / "cluster_metrics.json")
+        write_text_atomic(format_report(result), rep / "cluster_report.md")
+        print(f"wrote {rep / 'cluster_metrics.json'} and {rep / 'cluster_report.md'}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from .data import read_competition
     from .pipeline import run_validation
 
     conf = _conf(args)
     meta = read_competition(args.data, check_images=conf["data"]["check_images"])
-    result, _ = run_validation(meta, conf)
+    if _task(args, meta) == "clustering":
+        return _validate_clustering(args, conf, meta)
+    t0 = time.perf_counter()
+    result, info = run_validation(meta, conf)
     names = ["R-1", "R-5", "R-20", "mAP", "BAKS", "BAUS", "score"]
     print(f"{'dataset':<20} {'pipeline':<9} " + " ".join(f"{n:>6}" for n in names))
     for ds, pipes in result.items():
         for pipe, m in pipes.items():
             print(f"{ds:<20} {pipe:<9} " + " ".join(f"{m.get(n, float('nan')):6.3f}" for n in names))
     if args.report:
-        from .submit import write_text_atomic
+        from .report import write_report
 
-        rep = Path(args.report)
-        write_text_atomic(json.dumps(result, indent=2), rep / "metrics.json")
-        print(f"wrote {rep / 'metrics.json'}")
+        header = {"data": args.data, "model": conf["embed"]["model"],
+                  "re-ranking": "on" if conf["rerank"].get("enabled") else "off",
+                  "validation split": f"validate.n_unknown={conf['validate']['n_unknown']}, "
+                                      f"query_fraction={conf['validate']['query_fraction']}, seed={conf['validate']['seed']}",
+                  "run time": f"{time.perf_counter() - t0:.1f} s (validation, before the report)"}
+        written = write_report(args.report, result, info, header)
+        print(f"wrote {Path(args.report) / 'report.md'} ({len(written)} files: metrics.json, openset.json, plots)")
     return 0
 
 
@@ -113,6 +172,19 @@ def cmd_score(args) -> int:
 
     task, score, table = score_files(args.solution, args.submission)
     print(format_table(task, table, score))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    t = time.perf_counter()
+    summary = train(args.data, _conf(args), args.out)
+    if summary["rank"] == 0:  # under torchrun every process returns here; one reports
+        best = summary["best"] or {}
+        shown = "  ".join(f"{k} {v:.3f}" for k, v in best.items() if v == v)
+        print(f"best epoch {summary['best_epoch']}: {shown or 'no validation'}; kept in {args.out} "
+              f"({time.perf_counter() - t:.0f}s). Embed with it: --set embed.weights={args.out}")
     return 0
 
 
@@ -147,14 +219,31 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config(p)
         if name == "submit":
             p.add_argument("--out", default="submissions/submission.csv")
+            p.add_argument("--provenance", metavar="DIR",
+                           help="instead of --out, write DIR/<timestamp>-<config>-<local score>.csv and a sidecar "
+                                "JSON (config, kit version, git commit, weight hashes, validation metrics); runs "
+                                "validate for the local score")
         if name == "validate":
             p.add_argument("--report", help="folder for metrics.json (and the report)")
+        if name in ("submit", "validate"):
+            p.add_argument("--task", choices=["auto", "identification", "clustering"], default="auto",
+                           help="identification (2025 layout) or clustering (2026); auto: from the folder's layout")
         p.set_defaults(fn=fn)
+
+    p = sub.add_parser("train", help="fine-tune the backbone with ArcFace (multi-GPU: torchrun ... -m kit train)")
+    p.add_argument("data", help="competition folder (its labelled rows) or a folder with one sub-folder per identity")
+    _add_config(p)
+    p.add_argument("--out", required=True, help="checkpoint folder (resumes when it holds an interrupted run)")
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("score", help="score a submission against a solution.csv")
     p.add_argument("solution")
     p.add_argument("submission")
     p.set_defaults(fn=cmd_score)
+
+    from .kaggle import add_subcommands as add_kaggle
+
+    add_kaggle(sub)  # kit kaggle download|upload|dataset
 
     p = sub.add_parser("config", help="print the merged config")
     _add_config(p)

@@ -46,39 +46,104 @@ def match(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.ndarr
     if conf["rerank"].get("enabled"):
         from . import rerank
 
-        scores.update(rerank.refine(scores["global"], db, q, conf))
+        scores.update(rerank.refine(scores["global"], db, q, emb_db, conf))
     return {name: _evidence(s, db, conf) for name, s in scores.items()}
 
 
-def calibrate_thresholds(db: pd.DataFrame, emb_db: np.ndarray, conf: dict) -> dict[str, dict[str, dict]]:
-    """Per dataset and pipeline: tau chosen on a held-out open-set split of the database alone (no query
-    is looked at).
+def _pipelines(conf: dict) -> list[str]:
+    return ["global"] + (["reranked", "fused"] if conf["rerank"].get("enabled") else [])
 
-    Returns {dataset: {pipeline: {"tau": float, "heldout_score": float, "n_unknown": int, "n_known": int}}}.
+
+def _query_best(emb_q: np.ndarray, conf: dict) -> np.ndarray | None:
+    """[Q] best cosine of each query to another query of its set, or None with openset.query_evidence off."""
+    if not conf["openset"]["query_evidence"]:
+        return None
+    return openset.best_other(retrieve.similarity(emb_q, emb_q))
+
+
+def _features(ev: dict, global_ev: dict, query_best: np.ndarray | None) -> dict[str, np.ndarray]:
+    return openset.query_features(ev["id_scores"], global_ev["sims"].max(axis=1), query_best)
+
+
+def _mix_query_fraction(part: pd.DataFrame, emb_db: np.ndarray, emb_q: np.ndarray, conf: dict
+                        ) -> tuple[float, float]:
+    """(estimated unknown share of the real queries, known-query fraction matching it) for one dataset.
+
+    One held-out split with the default query fraction gives the labelled global top-1 score distributions
+    of known and unknown queries; the real queries' global top-1 (against the whole database) is fitted as
+    their mixture (openset.estimate_unknown_share). Only global cosine scores are used: cheap.
     """
     oc = conf["openset"]
-    pipes = ["global"] + (["reranked", "fused"] if conf["rerank"].get("enabled") else [])
+    qf = oc["query_fraction"]
+    splits = openset.calibration_splits(part, oc["n_unknown"], qf, 1, 1, oc["seed"])
+    if not splits or len(emb_q) == 0:
+        return float("nan"), qf
+    s = splits[0]
+    cal_db, cal_q = s[s["split"] == "database"], s[s["split"] == "query"]
+    cal = _evidence(retrieve.similarity(emb_db[cal_q["_row"]], emb_db[cal_db["_row"]]), cal_db, conf)
+    real = _evidence(retrieve.similarity(emb_q, emb_db[part["_row"]]), part, conf)
+    new = cal_q["new_identity"].to_numpy()
+    share = openset.estimate_unknown_share(real["score"], cal["score"][~new], cal["score"][new])
+    n_known_images = int((~s["new_identity"]).sum())
+    return share, openset.matched_query_fraction(share, int(new.sum()), n_known_images, qf)
+
+
+def calibrate_thresholds(db: pd.DataFrame, emb_db: np.ndarray, conf: dict, q: pd.DataFrame | None = None,
+                         emb_q: np.ndarray | None = None) -> dict[str, dict[str, dict]]:
+    """Per dataset and pipeline: the open-set scorer and tau, chosen on held-out open-set splits of the
+    database (openset.calibration_splits). Query labels are never looked at; the unlabelled queries ``q``
+    (with ``emb_q``: [Q, D]), when given and ``openset.match_mix`` is on, only set the held-out splits'
+    known:unknown query mix to the one estimated for them.
+
+    Returns {dataset: {pipeline: {"tau", "heldout_score" (cross-validated), "candidate", "scorer"
+    (openset.Scorer), "n_unknown", "n_known" (held-out query images, all splits), "n_splits",
+    "unknown_share" (estimate for the real queries), "query_fraction", "calibration" (openset.calibrate)}}}.
+    """
+    oc = conf["openset"]
+    pipes = _pipelines(conf)
     out: dict[str, dict] = {}
     if oc["threshold"] != "auto":
-        fixed = {"tau": float(oc["threshold"]), "heldout_score": float("nan"), "n_unknown": 0, "n_known": 0}
+        fixed = {"tau": float(oc["threshold"]), "heldout_score": float("nan"), "candidate": "top1",
+                 "scorer": openset.make_scorer("top1"), "n_unknown": 0, "n_known": 0, "note": "fixed threshold"}
         return {name: {p: dict(fixed) for p in pipes} for name in db["dataset"].unique()}
-    split = open_set_split(db.assign(_row=np.arange(len(db))), n_unknown=oc["n_unknown"],
-                           query_fraction=conf["validate"]["query_fraction"], seed=oc["seed"])
-    for name, part in split.groupby("dataset", sort=True):
-        cal_db, cal_q = part[part["split"] == "database"], part[part["split"] == "query"]
-        if cal_q.empty or cal_q["new_identity"].all() or not cal_q["new_identity"].any():
-            fb = {"tau": float(oc["fallback_threshold"]), "heldout_score": float("nan"), "n_unknown": 0,
-                  "n_known": 0, "note": "too few identities to hold out; using openset.fallback_threshold"}
+    for name, part in db.assign(_row=np.arange(len(db))).groupby("dataset", sort=True):
+        share, qf = float("nan"), oc["query_fraction"]
+        if oc["match_mix"] and q is not None and emb_q is not None:
+            qmask = (q["dataset"] == name).to_numpy()
+            share, qf = _mix_query_fraction(part, emb_db, emb_q[qmask], conf)
+        splits = openset.calibration_splits(part, oc["n_unknown"], qf, oc["repeats"], oc["max_repeats"],
+                                            oc["seed"])
+        if not splits:
+            fb = {"tau": float(oc["fallback_threshold"]), "heldout_score": float("nan"), "candidate": "top1",
+                  "scorer": openset.make_scorer("top1"), "n_unknown": 0, "n_known": 0,
+                  "note": "too few identities to hold out; using openset.fallback_threshold"}
             out[name] = {p: dict(fb) for p in pipes}
             continue
-        evs = match(cal_db, cal_q, emb_db[cal_db["_row"]], emb_db[cal_q["_row"]], conf)
-        truth = cal_q["identity"].to_numpy()
+        pooled: dict[str, dict[str, list]] = {p: {} for p in pipes}
+        labels: dict[str, list] = {"correct": [], "unknown": [], "identity": [], "group": []}
+        for r, s in enumerate(splits):
+            cal_db = s[s["split"] == "database"].reset_index(drop=True)
+            cal_q = s[s["split"] == "query"].reset_index(drop=True)
+            evs = match(cal_db, cal_q, emb_db[cal_db["_row"]], emb_db[cal_q["_row"]], conf)
+            query_best = _query_best(emb_db[cal_q["_row"]], conf)
+            truth = cal_q["identity"].to_numpy()
+            for pipe, ev in evs.items():
+                for f, v in _features(ev, evs["global"], query_best).items():
+                    pooled[pipe].setdefault(f, []).append(v)
+                pooled[pipe].setdefault("_correct", []).append(ev["top_identity"] == truth)
+            labels["unknown"].append(cal_q["new_identity"].to_numpy(bool))
+            labels["identity"].append(np.array([f"{r}:{t}" for t in truth], dtype=object))
+            labels["group"].append(truth.astype(str))
+        unknown, identity, group = (np.concatenate(labels[k]) for k in ("unknown", "identity", "group"))
         out[name] = {}
-        for pipe, ev in evs.items():
-            tau, best = openset.choose_threshold(ev["score"], ev["top_identity"] == truth,
-                                                 cal_q["new_identity"].to_numpy(), truth)
-            out[name][pipe] = {"tau": tau, "heldout_score": best, "n_unknown": int(cal_q["new_identity"].sum()),
-                               "n_known": int((~cal_q["new_identity"]).sum())}
+        for pipe in pipes:
+            feats = {f: np.concatenate(v) for f, v in pooled[pipe].items() if f != "_correct"}
+            cal = openset.calibrate(feats, np.concatenate(pooled[pipe]["_correct"]), unknown, identity, group, oc)
+            out[name][pipe] = {"tau": cal["tau"], "heldout_score": cal["heldout_score"],
+                               "candidate": cal["candidate"], "scorer": cal["scorer"],
+                               "n_unknown": int(unknown.sum()), "n_known": int((~unknown).sum()),
+                               "n_splits": len(splits), "unknown_share": share, "query_fraction": qf,
+                               "calibration": cal}
     return out
 
 
@@ -87,10 +152,11 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.nd
     """Predictions ``image_id,identity`` for every query row (in ``q`` order), per pipeline, and details.
 
     db, emb_db: the labelled images and their [N, D] embeddings; q, emb_q: the queries and [Q, D].
-    Returns ({pipeline: predictions}, {dataset: {pipeline: {tau, heldout_score, evidence, query_index}}}).
+    Returns ({pipeline: predictions}, {dataset: {pipeline: {**calibrate_thresholds' entry, "evidence",
+    "query_index" [Q_d] (q's index), "features" {name: [Q_d]}, "openset_score" [Q_d]}}}).
     """
-    thresholds = calibrate_thresholds(db, emb_db, conf)
-    pipes = ["global"] + (["reranked", "fused"] if conf["rerank"].get("enabled") else [])
+    thresholds = calibrate_thresholds(db, emb_db, conf, q, emb_q)
+    pipes = _pipelines(conf)
     preds = {p: pd.Series(openset.NEW, index=q.index, dtype=object) for p in pipes}
     details: dict[str, dict] = {}
     for name, qpart in q.groupby("dataset", sort=True):
@@ -101,11 +167,15 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.nd
             continue
         qrows = q.index.get_indexer(qpart.index)
         evs = match(db[dmask].reset_index(drop=True), qpart, emb_db[dmask], emb_q[qrows], conf)
+        query_best = _query_best(emb_q[qrows], conf)
         details[name] = {}
         for pipe, ev in evs.items():
-            tau = thresholds[name][pipe]["tau"]
-            preds[pipe].loc[qpart.index] = openset.decide(ev["top_identity"], ev["score"], tau)
-            details[name][pipe] = {**thresholds[name][pipe], "evidence": ev, "query_index": qpart.index.to_numpy()}
+            th = thresholds[name][pipe]
+            feats = _features(ev, evs["global"], query_best)
+            score = th["scorer"](feats)
+            preds[pipe].loc[qpart.index] = openset.decide(ev["top_identity"], score, th["tau"])
+            details[name][pipe] = {**th, "evidence": ev, "query_index": qpart.index.to_numpy(),
+                                   "features": feats, "openset_score": score}
     out = {p: pd.DataFrame({"image_id": q["image_id"].to_numpy(), "identity": s.to_numpy()}) for p, s in preds.items()}
     for frame in out.values():
         assert len(frame) == len(q) and (frame["image_id"].to_numpy() == q["image_id"].to_numpy()).all()

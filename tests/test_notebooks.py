@@ -1,0 +1,159 @@
+"""notebooks/*.ipynb: committed clean (no outputs, a `parameters` cell, no logic), and executed end to end on the
+tiny synthetic competition, headless, with parameters injected the way papermill does (kit.kaggle.run_notebook).
+
+A notebook that fails here fails CI: `make test` runs this file.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kit.data import read_csv_str
+from kit.kaggle import notebook_parameters, run_notebook
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+# small mode: 64 px images, decoding in the kernel's process, few held-out unknowns
+FAST = ["embed.image_size=64", "embed.num_workers=0", "validate.n_unknown=4"]
+# kit train in small mode: one epoch of two 8-photo steps at 64 px, no per-epoch validation, no plot
+TINY_TRAIN = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=8", "train.per_identity=2",
+              "train.image_size=64", "train.embed_dim=32", "train.num_workers=0", "train.val_identities=0",
+              "train.validate_before=false", "train.warmup_epochs=0", "train.margin_warmup_epochs=0",
+              "train.plot=false"]
+BUDGET_S = 90  # wall seconds one notebook may take on a loaded 2-core CI machine (the first one imports torch)
+PARAMETERS = {"DATA", "INPUT_ROOT", "OUTPUT_DIR", "CONFIG", "SETTINGS", "WEIGHTS", "KIT_PIP"}
+
+
+def _read(path: Path):
+    return nbformat.read(str(path), as_version=4)
+
+
+def test_the_three_notebooks_are_there():
+    assert {p.name for p in NOTEBOOKS} >= {"animalclef25-submit.ipynb", "validate.ipynb", "train.ipynb"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    book = _read(path)
+    nbformat.validate(book)
+    for i, cell in enumerate(book.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} cell {i} has outputs: clear them before committing"
+            assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
+    assert "widgets" not in book.metadata, f"{path.name} carries widget state"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameterised_and_free_of_logic(path):
+    book = _read(path)
+    idx, names = notebook_parameters(book)
+    assert names >= PARAMETERS, f"{path.name}: parameters cell lacks {sorted(PARAMETERS - names)}"
+    assert idx == 1, "the parameters cell comes right after the title"
+    for i, cell in enumerate(book.cells):
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        defs = [type(n).__name__ for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For,
+                                                                             ast.While, ast.Lambda))]
+        assert not defs, f"{path.name} cell {i} holds logic ({defs}); move it into the kit and call it"
+        assert len(cell.source.splitlines()) <= 16, f"{path.name} cell {i} is long: put the work in kit"
+
+
+def test_run_notebook_injects_parameters_and_names_the_failing_cell(tmp_path):
+    from kit.kaggle import KaggleError, NotebookError
+
+    book = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("X = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print('X is', X)\nassert X == 2"),
+    ])
+    path = tmp_path / "t.ipynb"
+    nbformat.write(book, str(path))
+    with pytest.raises(KaggleError, match="no parameter"):
+        run_notebook(path, {"Y": 2})
+    with pytest.raises(NotebookError) as err:
+        run_notebook(path, {"X": 3}, timeout=60)
+    assert "X is 3" in str(err.value) and "assert X == 2" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    """One kernel for the notebooks of this module: torch is imported once, and the embedding cache is shared
+    (the second notebook reuses the first's arrays). run_notebook resets its namespace before each notebook."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(tmp_path_factory.mktemp("kernel-cwd")),
+                    env={**os.environ, "KIT_CACHE": str(tmp_path_factory.mktemp("notebook-cache")),
+                         "TQDM_DISABLE": "1"})
+    yield km
+    km.shutdown_kernel(now=True)
+
+
+def _execute(name: str, tmp_path: Path, data: Path, kernel, **extra):
+    """Run notebooks/<name> on ``data`` with outputs in tmp_path/out; returns (output dir, all text it showed)."""
+    out = tmp_path / "out"
+    params = {"DATA": str(data), "INPUT_ROOT": str(tmp_path / "no-kaggle-input"), "OUTPUT_DIR": str(out),
+              "SETTINGS": FAST, **extra}
+    start = time.perf_counter()
+    book = run_notebook(NOTEBOOK_DIR / name, params, cwd=tmp_path, timeout=BUDGET_S, km=kernel)
+    elapsed = time.perf_counter() - start
+    assert elapsed < BUDGET_S, f"{name} took {elapsed:.0f}s, over its {BUDGET_S}s budget"
+    shown = []
+    for cell in book.cells:
+        for o in cell.get("outputs", []):
+            shown.append(o.get("text", "") + "".join(str(v) for k, v in o.get("data", {}).items()
+                                                     if k.startswith("text/")))
+    return out, "\n".join(shown), book
+
+
+def test_submit_notebook_end_to_end(tiny_2025, tmp_path, kernel):
+    out, shown, book = _execute("animalclef25-submit.ipynb", tmp_path, tiny_2025, kernel)
+    sub = read_csv_str(out / "submission.csv")
+    sample = read_csv_str(tiny_2025 / "sample_submission.csv")
+    assert list(sub.columns) == ["image_id", "identity"]
+    assert list(sub["image_id"]) == list(sample["image_id"])
+    assert (sub["identity"].str.len() > 0).all()
+    metrics = json.loads((out / "validation" / "metrics.json").read_text())
+    assert set(metrics) == {"SynLynx", "SynSalamander", "SynTurtle"}
+    assert all(ds in shown for ds in metrics), "the validation report is shown inline"
+    assert f"wrote {len(sample)} predictions" in shown
+    pngs = sorted((out / "validation").glob("*.png"))
+    images = sum("image/png" in o.get("data", {}) for c in book.cells for o in c.get("outputs", []))
+    assert images == len(pngs), "every PNG of the report is displayed"
+
+
+def test_validate_notebook_end_to_end(tiny_2025, tmp_path, kernel):
+    out, shown, _ = _execute("validate.ipynb", tmp_path, tiny_2025, kernel)
+    metrics = json.loads((out / "validation" / "metrics.json").read_text())
+    assert set(metrics) == {"SynLynx", "SynSalamander", "SynTurtle"}
+    for pipes in metrics.values():
+        assert 0.0 <= pipes["global"]["score"] <= 1.0
+    assert "SynTurtle" in shown
+
+
+def _kit_has(subcommand: str) -> bool:
+    import argparse
+
+    from kit.cli import build_parser
+
+    return any(isinstance(a, argparse._SubParsersAction) and subcommand in a.choices
+               for a in build_parser()._actions)
+
+
+def test_train_notebook_end_to_end(tiny_2025, tmp_path, kernel):
+    # GUARD (the lead removes it once kit/train.py and `kit train` land): skip, visibly, until then
+    if not _kit_has("train"):
+        pytest.skip("notebooks/train.ipynb not run: `kit train` does not exist yet (kit/train.py is being built)")
+    out, shown, _ = _execute("train.ipynb", tmp_path, tiny_2025, kernel,
+                             TRAIN_SETTINGS=TINY_TRAIN)
+    assert (out / "checkpoint" / "model.safetensors").is_file()
+    assert "best epoch" in shown
+    metrics = json.loads((out / "validation" / "metrics.json").read_text())
+    assert set(metrics) == {"SynLynx", "SynSalamander", "SynTurtle"}

