@@ -85,7 +85,9 @@ def cmd_submit(args) -> int:
         lambda s: int((s == "new_individual").sum()))
     for name, det in sorted(details.items()):
         est, tau = det.get("heldout_score"), det.get("tau")
-        print(f"{name}: tau={'n/a' if tau is None else f'{tau:.4f}'}  held-out score estimate="
+        score_name = det.get("candidate", "top1")  # tau is in this open-set score's units
+        print(f"{name}: open-set score {score_name}, tau={'n/a' if tau is None else f'{tau:.4f}'}  "
+              f"held-out score estimate="
               f"{'n/a' if est is None or est != est else f'{est:.4f}'}  new_individual {new.get(name, 0)}"
               f"/{int((q == name).sum())}")
     print(f"wrote {len(out)} predictions to {args.out}")

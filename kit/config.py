@@ -87,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
         # images in all (a small dataset holds out few per split), at most max_repeats; 1 = a single split
         "repeats": "auto",
         "max_repeats": 8,  # cap on "auto" repeats
+        "max_repeats_rerank": 2,  # cap on "auto" repeats with rerank.enabled (each split re-runs LightGlue)
         # open-set scores tried (kit/openset.py CANDIDATES), the first one the incumbent; a later one replaces
         # it when its cross-validated held-out score is higher by min_gain. ["top1"] = plain best identity score
         "candidates": ["margin", "top1", "logistic", "logistic_qq"],

@@ -111,8 +111,8 @@ def calibrate_thresholds(db: pd.DataFrame, emb_db: np.ndarray, conf: dict, q: pd
         if oc["match_mix"] and q is not None and emb_q is not None:
             qmask = (q["dataset"] == name).to_numpy()
             share, qf = _mix_query_fraction(part, emb_db, emb_q[qmask], conf)
-        splits = openset.calibration_splits(part, oc["n_unknown"], qf, oc["repeats"], oc["max_repeats"],
-                                            oc["seed"])
+        max_repeats = min(oc["max_repeats"], oc["max_repeats_rerank"]) if len(pipes) > 1 else oc["max_repeats"]
+        splits = openset.calibration_splits(part, oc["n_unknown"], qf, oc["repeats"], max_repeats, oc["seed"])
         if not splits:
             fb = {"tau": float(oc["fallback_threshold"]), "heldout_score": float("nan"), "candidate": "top1",
                   "scorer": openset.make_scorer("top1"), "n_unknown": 0, "n_known": 0,

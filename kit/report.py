@@ -207,15 +207,18 @@ def plot_hist(ds: str, entries: dict, path: Path) -> Path:
         s, u, c = (e["_plot"][k] for k in ("score", "unknown", "correct"))
         lo, hi = _finite_range(s)
         bins = np.linspace(lo, hi, 31)
-        groups = [(s[~u & c], "known, top-1 right", "#4C72B0"), (s[~u & ~c], "known, top-1 wrong", "#8DA0CB"),
+        groups = [(s[~u & c], "known, top-1 right", "#1F4E9A"), (s[~u & ~c], "known, top-1 wrong", "#8C8C8C"),
                   (s[u], "unknown", "#C44E52")]
-        for vals, label, colour in groups:
+        for vals, label, colour in groups:  # each group sums to 1, so a small group stays visible
             if len(vals):
-                ax.hist(vals, bins=bins, alpha=0.55, color=colour, label=f"{label} (n={len(vals)})")
+                w = np.full(len(vals), 1.0 / len(vals))
+                ax.hist(vals, bins=bins, weights=w, alpha=0.18, color=colour)
+                ax.hist(vals, bins=bins, weights=w, histtype="step", lw=2, color=colour,
+                        label=f"{label} (n={len(vals)})")
         if e["tau"] is not None:
             ax.axvline(e["tau"], color="#55A868", lw=2, label=f"chosen tau={e['tau']:.3f}")
         ax.set_xlabel(f"open-set score ({e['candidate']}); below tau = new_individual")
-        ax.set_ylabel("queries")
+        ax.set_ylabel("share of the group's queries")
         ax.set_title(f"{ds} / {pipe}: open-set score of validation queries", fontsize=10, loc="left")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)

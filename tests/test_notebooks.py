@@ -138,19 +138,7 @@ def test_validate_notebook_end_to_end(tiny_2025, tmp_path, kernel):
     assert "SynTurtle" in shown
 
 
-def _kit_has(subcommand: str) -> bool:
-    import argparse
-
-    from kit.cli import build_parser
-
-    return any(isinstance(a, argparse._SubParsersAction) and subcommand in a.choices
-               for a in build_parser()._actions)
-
-
 def test_train_notebook_end_to_end(tiny_2025, tmp_path, kernel):
-    # GUARD (the lead removes it once kit/train.py and `kit train` land): skip, visibly, until then
-    if not _kit_has("train"):
-        pytest.skip("notebooks/train.ipynb not run: `kit train` does not exist yet (kit/train.py is being built)")
     out, shown, _ = _execute("train.ipynb", tmp_path, tiny_2025, kernel,
                              TRAIN_SETTINGS=TINY_TRAIN)
     assert (out / "checkpoint" / "model.safetensors").is_file()
