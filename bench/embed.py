@@ -93,7 +93,11 @@ def bench_retrieval(nq: int, ng: int, dim: int = 512, k: int = 100, naive: bool 
         order = np.argsort(-dense, axis=1, kind="stable")[:, :k]
         out["naive_s"] = time.perf_counter() - t
         out["speedup"] = out["naive_s"] / kit_s
-        assert np.array_equal(order, i), "chunked top-K differs from the dense reference"
+        # numpy's and torch's matmuls round differently, so near-equal scores may swap places: compare the
+        # reference scores of the returned neighbours, not their indices
+        got, want = np.take_along_axis(dense, i, 1), np.take_along_axis(dense, order, 1)
+        assert np.allclose(got, want, atol=1e-5), "chunked top-K differs from the dense reference"
+        out["same_index_share"] = float((order == i).mean())
     return out
 
 

@@ -49,12 +49,18 @@ def cmd_import(args) -> int:
     return 0
 
 
-def cmd_embed(args) -> int:
+def _competition(args) -> tuple[dict, "pd.DataFrame"]:
+    """The run's merged config and its validated competition folder."""
     from .data import read_competition
-    from .pipeline import embed_frame
 
     conf = _conf(args)
-    meta = read_competition(args.data, check_images=conf["data"]["check_images"])
+    return conf, read_competition(args.data, check_images=conf["data"]["check_images"])
+
+
+def cmd_embed(args) -> int:
+    from .pipeline import embed_frame
+
+    conf, meta = _competition(args)
     t = time.perf_counter()
     emb = embed_frame(meta, conf)
     print(f"{len(meta)} embeddings of size {emb.shape[1]} ready in {time.perf_counter() - t:.1f}s")
@@ -62,12 +68,10 @@ def cmd_embed(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from .data import read_competition
     from .pipeline import run_submission
     from .submit import write_submission
 
-    conf = _conf(args)
-    meta = read_competition(args.data, check_images=conf["data"]["check_images"])
+    conf, meta = _competition(args)
     if _task(args, meta) == "clustering":
         return _submit_clustering(args, conf, meta)
     pred, details = run_submission(meta, conf)
@@ -142,11 +146,9 @@ def _validate_clustering(args, conf, meta) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .data import read_competition
     from .pipeline import run_validation
 
-    conf = _conf(args)
-    meta = read_competition(args.data, check_images=conf["data"]["check_images"])
+    conf, meta = _competition(args)
     if _task(args, meta) == "clustering":
         return _validate_clustering(args, conf, meta)
     t0 = time.perf_counter()

@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "embed_dim": 512,  # output size of a linear_bn neck; ignored otherwise
         "key_map": [],  # [[from_prefix, to_prefix], ...] renames applied to checkpoint keys before loading
         "batch_size": 32,  # images per forward pass
-        "num_workers": -1,  # DataLoader workers; -1 = one per CPU core (max 8), 0 decodes in the main process
+        "num_workers": -1,  # decode workers; -1 = auto (GPU: one per core, max 8; CPU: cores - 2), 0 = in-process
         "amp": "auto",  # "auto" = bf16 on GPU, fp32 on CPU; "fp16" | "bf16" | "off"
         "channels_last": True,  # NHWC memory layout on GPU (faster convolutions); ignored on CPU
         "tta_flip": False,  # also embed the mirrored photo and average; off: left and right flanks differ
