@@ -106,11 +106,13 @@ def main() -> None:
     ap.add_argument("--data", help="competition folder (default: a fresh `kit synth` competition)")
     ap.add_argument("--photos", help="folder of large photos (e.g. ../shared/data/nyala-train)")
     ap.add_argument("--limit", type=int, default=256, help="images per extraction measurement")
-    ap.add_argument("--full", action="store_true", help="GPU sizes: 100k x 20k retrieval and more images")
+    ap.add_argument("--full", action="store_true", help="GPU sizes: at least 4,096 images per measurement")
     ap.add_argument("--out", default=str(Path(__file__).with_name("embed.json")))
     args = ap.parse_args()
 
     conf = load_config()
+    if args.full:  # a GPU: enough images for the loader and the model to reach their steady rate
+        args.limit = max(args.limit, 4096)
     results: dict = {"machine": machine(), "model": conf["embed"]["model"], "extraction": [], "retrieval": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
