@@ -18,8 +18,9 @@ import os
 import tempfile
 import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -74,18 +75,30 @@ def _read_shard(path: Path) -> tuple[list[str], dict[str, np.ndarray]] | None:
         return None
 
 
-def _write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"shard-{uuid.uuid4().hex}.safetensors"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure deleted.
+
+    Every file the kit writes goes through here, so a crash mid-write leaves the old file (or none), never a
+    truncated one. The temporary name starts with a dot and ends in .tmp, so no glob of real files sees it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
-                  metadata={"keys": json.dumps(list(keys))})
-        os.replace(tmp, final)
+        yield tmp
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray]) -> Path:
+    final = folder / f"shard-{uuid.uuid4().hex}.safetensors"
+    with atomic_path(final) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
+                  metadata={"keys": json.dumps(list(keys))})
     return final
 
 

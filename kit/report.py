@@ -103,15 +103,12 @@ def openset_analysis(details: dict, solution: pd.DataFrame) -> dict:
 
 def _save(fig, path: Path) -> Path:
     """Save a figure through a temporary file and a rename (never a half-written PNG), then close it."""
-    import os
+    from .cache import atomic_path
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")  # the .tmp suffix says nothing about the format
     finally:
-        if tmp.exists():
-            tmp.unlink()
         _plt().close(fig)
     return path
 

@@ -8,12 +8,11 @@ with ``cluster_<dataset>_``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from .cache import atomic_path
 from .data import LAYOUT_SPLITS, read_csv_str
 from .errors import SubmissionError
 
@@ -23,32 +22,16 @@ TASK_COLUMNS = {"2025": ("image_id", "identity"), "2026": ("image_id", "cluster"
 def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
     """Write ``df`` as CSV through a temporary file in the same folder, then rename: a crash mid-write
     leaves the old file (or none), never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        df.to_csv(fh, index=False)
+    return Path(path)
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
     """Write a text file through a temporary file and a rename (see write_csv_atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
+    return Path(path)
 
 
 def expected_order(meta: pd.DataFrame, sample: pd.DataFrame | None = None) -> list[str]:

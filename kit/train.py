@@ -493,19 +493,19 @@ def save_checkpoint(folder: Path, embedder: embed.Embedder, info: dict) -> None:
     temporary files and renames; config.json last, so a folder with one always has its weights."""
     from safetensors.torch import save_file
 
+    from .cache import atomic_path
     from .submit import write_text_atomic
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".model.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}, str(tmp))
-    os.replace(tmp, folder / "model.safetensors")
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}, tmp)
     write_text_atomic(json.dumps(info, indent=2), folder / embed.KIT_CHECKPOINT)
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from .cache import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 # --------------------------------------------------------------------------------------------- trainer
