@@ -15,15 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import uuid
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+from .io import atomic_path
 
 MAX_SHARDS = 64  # more shards than this are merged into one on the next load, keeping opens cheap
 
@@ -73,25 +73,6 @@ def _read_shard(path: Path) -> tuple[list[str], dict[str, np.ndarray]] | None:
         warnings.warn(f"cache shard {path} is corrupt ({exc}); deleting it, its entries will be recomputed")
         path.unlink(missing_ok=True)
         return None
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure deleted.
-
-    Every file the kit writes goes through here, so a crash mid-write leaves the old file (or none), never a
-    truncated one. The temporary name starts with a dot and ends in .tmp, so no glob of real files sees it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray]) -> Path:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from .errors import KitError
+from .schema import NEW_INDIVIDUAL
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -86,13 +86,13 @@ def cmd_submit(args) -> int:
         out = write_submission(pred, meta, args.out)
     q = meta[meta["split"] == "query"].set_index("image_id")["dataset"]
     new = out.assign(dataset=q.loc[out["image_id"]].to_numpy()).groupby("dataset")["identity"].agg(
-        lambda s: int((s == "new_individual").sum()))
+        lambda s: int((s == NEW_INDIVIDUAL).sum()))
     for name, det in sorted(details.items()):
         est, tau = det.get("heldout_score"), det.get("tau")
         score_name = det.get("candidate", "top1")  # tau is in this open-set score's units
         print(f"{name}: open-set score {score_name}, tau={'n/a' if tau is None else f'{tau:.4f}'}  "
               f"held-out score estimate="
-              f"{'n/a' if est is None or est != est else f'{est:.4f}'}  new_individual {new.get(name, 0)}"
+              f"{'n/a' if est is None or est != est else f'{est:.4f}'}  {NEW_INDIVIDUAL} {new.get(name, 0)}"
               f"/{int((q == name).sum())}")
     print(f"wrote {len(out)} predictions to {args.out}")
     return 0
@@ -136,11 +136,11 @@ def _validate_clustering(args, conf, meta) -> int:
                   f"{r['n_images']:>6} {r['method'] or 'n/a':>10} {'n/a' if fb is None else f'{fb:.3f}':>8}")
     print(f"mean ARI {result['mean']['ARI']:.4f}")
     if args.report:
-        from .submit import write_text_atomic
+        from .io import write_json, write_text
 
         rep = Path(args.report)
-        write_text_atomic(json.dumps(result, indent=2), rep / "cluster_metrics.json")
-        write_text_atomic(format_report(result), rep / "cluster_report.md")
+        write_json(result, rep / "cluster_metrics.json")
+        write_text(format_report(result), rep / "cluster_report.md")
         print(f"wrote {rep / 'cluster_metrics.json'} and {rep / 'cluster_report.md'}")
     return 0
 

@@ -43,7 +43,9 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.special import expit, logit
 
+from .calibration import fit_calibrator
 from .errors import ConfigError, DataError
+from .schema import cluster_label, flank
 from .splits import open_set_split
 
 METHODS = ("average", "complete", "components")  # what method="auto" chooses among (average first: the default)
@@ -245,15 +247,6 @@ def naive_baselines(cos: np.ndarray, truth: np.ndarray, grid: np.ndarray | None 
 # Pair features
 
 
-def flank(orientation) -> np.ndarray:
-    """[M] int8: 1 for a left flank, 2 for a right flank, 0 for anything else (top, front, unknown)."""
-    out = []
-    for v in orientation:
-        s = str(v).lower() if v is not None and v == v else ""
-        out.append(1 if "left" in s else 2 if "right" in s else 0)
-    return np.asarray(out, np.int8)
-
-
 @dataclass
 class TrainLinker:
     """Links test images through the TRAIN identities they match.
@@ -281,13 +274,10 @@ class TrainLinker:
 def fit_linker(id_scores: np.ndarray, same: np.ndarray, topk: int = 3) -> TrainLinker | None:
     """A TrainLinker from labelled (image, identity) pairs: ``id_scores: [P]`` best cosine, ``same: [P] bool``.
     None when the pairs hold only one kind (no held-out image of a known identity, or no identity at all)."""
-    from sklearn.isotonic import IsotonicRegression
-
     same = np.asarray(same, bool)
     if same.all() or not same.any():
         return None
-    cal = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(np.asarray(id_scores, np.float64), same)
-    return TrainLinker(cal, topk)
+    return TrainLinker(fit_calibrator(id_scores, same, "isotonic"), topk)
 
 
 def _linker_pairs(emb: np.ndarray, truth: np.ndarray, emb_train: np.ndarray, train_labels: np.ndarray
@@ -408,7 +398,6 @@ def fit_pair_model(folds: list[dict], features: tuple[str, ...], calibration: st
     Pairs are sampled uniformly down to ``max_pairs`` (keeping the share of same-individual pairs).
     Raises ValueError when the folds hold no same-individual pair or no different pair.
     """
-    from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 
     if calibration not in ("logistic", "isotonic"):
@@ -431,7 +420,7 @@ def fit_pair_model(folds: list[dict], features: tuple[str, ...], calibration: st
     cos_cal = None
     if calibration == "isotonic":
         c = features.index("cos")
-        cos_cal = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x[:, c], y)
+        cos_cal = fit_calibrator(x[:, c], y, "isotonic")
         x[:, c] = logit(np.clip(cos_cal.predict(x[:, c]), _EPS, 1 - _EPS)) + 1e-3 * x[:, c]
     mean, scale = x.mean(0), x.std(0)
     scale[scale < 1e-12] = 1.0
@@ -753,7 +742,7 @@ def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.Dat
             local = local_fn(sub, emb_test[qrows])
         lab, _ = predict_clusters(model, emb_test[qrows], _orientation(sub), emb_train=emb_train[trows],
                                   train_labels=train["identity"].to_numpy(dtype=object)[trows], local=local)
-        labels[qrows] = [f"cluster_{name}_{k}" for k in lab]
+        labels[qrows] = [cluster_label(name, k) for k in lab]
         det = model.details()
         if model_note:
             det["note"] = model_note

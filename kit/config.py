@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "key_map": [],  # [[from_prefix, to_prefix], ...] renames applied to checkpoint keys before loading
         "batch_size": 32,  # images per forward pass
         "num_workers": -1,  # decode workers; -1 = auto (GPU: one per core, max 8; CPU: cores - 2), 0 = in-process
-        "amp": "auto",  # "auto" = bf16 on GPU, fp32 on CPU; "fp16" | "bf16" | "off"
+        "amp": "auto",  # "auto" = bf16 on Ampere+ GPUs, fp16 on older (T4), fp32 on CPU; "fp16" | "bf16" | "off"
         "channels_last": True,  # NHWC memory layout on GPU (faster convolutions); ignored on CPU
         "tta_flip": False,  # also embed the mirrored photo and average; off: left and right flanks differ
         "device": "auto",  # "auto" = cuda if available else cpu; or "cpu", "cuda:1", ...
@@ -64,9 +64,9 @@ DEFAULTS: dict[str, Any] = {
         "resize": 512,  # long side in px the photo is resized to before extraction; null keeps the original size
         "match_threshold": 0.1,  # a LightGlue match counts when its confidence exceeds this; 0 counts all mutual ones
         "batch_size": "auto",  # pairs per LightGlue forward: "auto" = 128 on GPU, 16 on CPU; lower it on out-of-memory
-        "amp": "auto",  # LightGlue precision: "auto" = bf16 on GPU, fp32 on CPU; "bf16" | "fp16" | "off" (fp32)
+        "amp": "auto",  # LightGlue precision: "auto" = bf16 on Ampere+, fp16 on older GPUs (T4), fp32 on CPU; "off"
         "device": "auto",  # "auto" = cuda if available else cpu; or "cpu", "cuda:1", ...
-        "num_workers": -1,  # image-decoding workers for extraction; -1 = one per CPU core (max 8), 0 = main process
+        "num_workers": -1,  # image-decoding workers for extraction; -1 = auto (as embed.num_workers), 0 = in-process
         "geometric": None,  # RANSAC inliers per pair: "opencv" (USAC_MAGSAC) | "kornia" | "auto"; null skips (slow)
         "geometric_model": "homography",  # model the inliers must fit: "homography" | "affine" | "fundamental"
         "geometric_threshold": 8.0,  # RANSAC inlier error in px of the resized photo
@@ -164,7 +164,7 @@ DEFAULTS: dict[str, Any] = {
         "validate_before": True,  # score the pretrained backbone first (epoch 0 in the log); false skips it
         "resume": True,  # continue from OUT/last/ when an interrupted run left its state there; false starts over
         "seed": 0,  # seed of the held-out split, the batches, the augmentation and the head's initialisation
-        "num_workers": -1,  # photo-decoding workers per process; -1 = CPU cores / processes (max 8); 0 = main process
+        "num_workers": -1,  # photo-decoding workers per process; -1 = auto (as embed.num_workers, cores shared); 0 = none
         "device": "auto",  # "auto" = cuda:LOCAL_RANK if available else cpu (DDP on CPU uses gloo); or "cpu"
         "channels_last": True,  # NHWC memory layout on GPU (faster convolutions); ignored on CPU
         "sync_bn": True,  # multi-GPU: BatchNorm statistics over the whole batch (SyncBatchNorm); false = per GPU

@@ -22,20 +22,14 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError, ImageError
+from .io import read_csv_str, write_csv
+from .schema import COLUMNS, FLANK_NAMES, LAYOUT_SPLITS, NEW_INDIVIDUAL, cluster_label, flank
 
-COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset"]
-LAYOUT_SPLITS = {"2025": ("database", "query"), "2026": ("train", "test")}  # (labelled, unlabelled)
-NEW_INDIVIDUAL = "new_individual"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_LISTED = 20  # problems listed in one error; the rest are counted
 
 # Decompression-bomb guard stays on, but camera-trap mosaics can be large: allow ~16k x 16k.
 Image.MAX_IMAGE_PIXELS = 256_000_000
-
-
-def read_csv_str(path: str | Path, **kw) -> pd.DataFrame:
-    """Read a CSV with every column as str and nothing turned into NaN: identity "NA" or "0123" stays as is."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False, **kw)
 
 
 def _problems_error(title: str, problems: list[str]) -> DataError:
@@ -182,6 +176,13 @@ def read_competition(root: str | Path, check_images: bool = True) -> pd.DataFram
     return df
 
 
+def require_readable(paths, title: str) -> None:
+    """Raise one DataError headed ``title`` that lists every path of ``paths`` check_image rejects, with why."""
+    bad = [f"{p}: {why}" for p in paths if (why := check_image(p))]
+    if bad:
+        raise _problems_error(title, bad)
+
+
 def labelled_mask(df: pd.DataFrame) -> np.ndarray:
     """[N] bool: rows with known identities (database in 2025, train in 2026)."""
     return (df["split"] == LAYOUT_SPLITS[df.attrs.get("layout", "2025")][0]).to_numpy()
@@ -200,9 +201,7 @@ def scan_folders(src: str | Path) -> pd.DataFrame:
     for ident in sorted(p for p in src.iterdir() if p.is_dir()):
         for f in sorted(ident.rglob("*")):
             if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
-                name = f.stem.lower()
-                orient = "left" if "left" in name else "right" if "right" in name else ""
-                rows.append({"identity": ident.name, "source": str(f), "orientation": orient})
+                rows.append({"identity": ident.name, "source": str(f), "orientation": FLANK_NAMES[flank([f.stem])[0]]})
     if not rows:
         raise DataError(f"{src}: no images found in its sub-folders; expect SRC/<identity>/<image>.jpg")
     return pd.DataFrame(rows)
@@ -233,7 +232,6 @@ def import_folders(
     train/test. ``solution.csv`` (the answer key) and ``sample_submission.csv`` are written beside it.
     """
     from .splits import open_set_split
-    from .submit import write_csv_atomic
 
     if layout not in LAYOUT_SPLITS:
         raise DataError(f"--layout {layout!r}: choose 2025 or 2026")
@@ -241,9 +239,7 @@ def import_folders(
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} exists and is not empty; give a new folder for the competition")
     found = scan_folders(src)
-    bad = [f"{s}: {why}" for s in found["source"] if (why := check_image(s))]
-    if bad:
-        raise _problems_error(f"{src} holds unreadable images (remove or fix them)", bad)
+    require_readable(found["source"], f"{src} holds unreadable images (remove or fix them)")
     found["dataset"] = dataset
     split = open_set_split(found, unknown_fraction=unknown_fraction, query_fraction=query_fraction, seed=seed)
     labelled_name, unlabelled_name = LAYOUT_SPLITS[layout]
@@ -278,8 +274,8 @@ def import_folders(
         sample = pd.DataFrame({"image_id": q["image_id"], "identity": NEW_INDIVIDUAL})
     else:
         solution = pd.DataFrame({"image_id": q["image_id"], "identity": q["identity"], "dataset": dataset})
-        sample = pd.DataFrame({"image_id": q["image_id"], "cluster": [f"cluster_{dataset}_{i}" for i in q["image_id"]]})
-    write_csv_atomic(meta, out / "metadata.csv")
-    write_csv_atomic(solution, out / "solution.csv")
-    write_csv_atomic(sample, out / "sample_submission.csv")
+        sample = pd.DataFrame({"image_id": q["image_id"], "cluster": [cluster_label(dataset, i) for i in q["image_id"]]})
+    write_csv(meta, out / "metadata.csv")
+    write_csv(solution, out / "solution.csv")
+    write_csv(sample, out / "sample_submission.csv")
     return out

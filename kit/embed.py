@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import cache
+from .device import policy as device_policy
 from .data import open_image
 from .errors import WeightsError
 
@@ -321,29 +322,12 @@ class _Images(torch.utils.data.Dataset):
         return self.pre(open_image(self.paths[i], min_side=self.pre.size)), i
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _autocast(device: torch.device, amp: str):
-    if device.type != "cuda" or amp == "off":
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def extract(backbone: Backbone, paths: Sequence[str], conf: dict, desc: str = "embed") -> np.ndarray:
     """Embed images: ``[N, D] float32``, L2-normalised, row i for ``paths[i]`` (asserted)."""
-    device = resolve_device(conf.get("device", "auto"))
-    workers = conf.get("num_workers", -1)
-    if workers is None or workers < 0:
-        # On a GPU the model waits on decoding: one worker per core. On a CPU the model itself needs the cores:
-        # keep two for it (measured on 2 cores: 2 workers ran at 0.85x the speed of decoding in-process).
-        cores = os.cpu_count() or 1
-        workers = min(8, cores) if device.type == "cuda" else max(0, cores - 2)
-    workers = min(workers, max(0, len(paths) // max(1, conf.get("batch_size", 32))))
+    pol = device_policy(conf.get("device", "auto"), conf.get("amp", "auto"), conf.get("num_workers", -1))
+    device = pol.device
+    # a worker costs about a second to start: never more workers than batches to decode
+    workers = min(pol.workers, max(0, len(paths) // max(1, conf.get("batch_size", 32))))
     loader = torch.utils.data.DataLoader(
         _Images(paths, backbone.preprocess), batch_size=conf.get("batch_size", 32), shuffle=False,
         num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
@@ -353,7 +337,7 @@ def extract(backbone: Backbone, paths: Sequence[str], conf: dict, desc: str = "e
         model = model.to(memory_format=torch.channels_last)
     out = np.empty((len(paths), backbone.dim), dtype=np.float32)
     order: list[np.ndarray] = []
-    with torch.inference_mode(), _autocast(device, conf.get("amp", "auto")):
+    with torch.inference_mode(), pol.autocast():
         for x, idx in tqdm(loader, desc=desc, unit="batch", disable=len(loader) < 3, leave=False):
             x = x.to(device, non_blocking=True)
             if device.type == "cuda" and conf.get("channels_last", True):

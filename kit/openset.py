@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-NEW = "new_individual"
+from .schema import NEW_INDIVIDUAL
+
 
 # Open-set score candidates: name -> the features they read. A single feature is used as it is (higher =
 # more likely known); several are combined by a logistic regression fitted on the held-out split.
@@ -129,7 +130,7 @@ def evaluate_calls(new, correct, unknown, identity) -> tuple[float, float, float
 
 def decide(top_identity: np.ndarray, score: np.ndarray, tau: float) -> np.ndarray:
     """[Q] object: the top identity, or ``new_individual`` where ``score < tau``."""
-    return np.where(np.asarray(score) < tau, NEW, np.asarray(top_identity, dtype=object)).astype(object)
+    return np.where(np.asarray(score) < tau, NEW_INDIVIDUAL, np.asarray(top_identity, dtype=object)).astype(object)
 
 
 def predictions_frame(query_ids, top_identity, score, tau) -> pd.DataFrame:

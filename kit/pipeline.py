@@ -9,6 +9,7 @@ import pandas as pd
 
 from . import embed, openset, retrieve
 from .data import labelled_mask
+from .schema import NEW_INDIVIDUAL
 from .splits import hide_answers, open_set_split
 
 PIPELINES = ("global", "reranked", "fused")  # names used in metrics.json, as each stage exists
@@ -157,7 +158,7 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.nd
     """
     thresholds = calibrate_thresholds(db, emb_db, conf, q, emb_q)
     pipes = _pipelines(conf)
-    preds = {p: pd.Series(openset.NEW, index=q.index, dtype=object) for p in pipes}
+    preds = {p: pd.Series(NEW_INDIVIDUAL, index=q.index, dtype=object) for p in pipes}
     details: dict[str, dict] = {}
     for name, qpart in q.groupby("dataset", sort=True):
         dmask = (db["dataset"] == name).to_numpy()

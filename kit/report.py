@@ -14,7 +14,6 @@ the validation queries) and to report.md, which embeds the plots:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import openset
-from .submit import write_text_atomic
+from .io import atomic_path, write_json, write_text
 
 METRICS = ("R-1", "R-5", "R-20", "mAP", "BAKS", "BAUS", "score")
 PIPE_COLOURS = {"global": "#4C72B0", "reranked": "#DD8452", "fused": "#55A868"}
@@ -103,8 +102,6 @@ def openset_analysis(details: dict, solution: pd.DataFrame) -> dict:
 
 def _save(fig, path: Path) -> Path:
     """Save a figure through a temporary file and a rename (never a half-written PNG), then close it."""
-    from .cache import atomic_path
-
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png")  # the .tmp suffix says nothing about the format
@@ -288,10 +285,10 @@ def write_report(out: str | Path, result: dict, info: dict, header: dict | None 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     analysis = openset_analysis(info["details"], info["solution"])
-    written = {"metrics.json": write_text_atomic(json.dumps(result, indent=2), out / "metrics.json")}
+    written = {"metrics.json": write_json(result, out / "metrics.json")}
     public = {ds: {p: {k: v for k, v in e.items() if k != "_plot"} for p, e in pipes.items()}
               for ds, pipes in analysis.items()}
-    written["openset.json"] = write_text_atomic(json.dumps(public, indent=2), out / "openset.json")
+    written["openset.json"] = write_json(public, out / "openset.json")
     written["metrics.png"] = plot_metrics(result, out / "metrics.png")
     plots = {}
     for ds, entries in analysis.items():
@@ -299,5 +296,5 @@ def write_report(out: str | Path, result: dict, info: dict, header: dict | None 
         written[tau_png] = plot_tau(ds, entries, out / tau_png)
         written[hist_png] = plot_hist(ds, entries, out / hist_png)
         plots[ds] = (tau_png, hist_png)
-    written["report.md"] = write_text_atomic(_markdown(result, public, plots, header or {}), out / "report.md")
+    written["report.md"] = write_text(_markdown(result, public, plots, header or {}), out / "report.md")
     return written

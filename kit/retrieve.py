@@ -7,6 +7,8 @@ query and gallery blocks: memory stays at ``chunk_size x gallery_chunk`` floats 
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -105,3 +107,61 @@ def ranked_labels(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """[Q, k] object: gallery labels in descending score order (stable), for Rank-k accuracy."""
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.asarray(labels, dtype=object)[order]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shortlists: the candidates local matching looks at
+
+
+def dedup_shortlist(scores: np.ndarray, gallery_labels: Sequence[Any], k: int, per_identity: int) -> np.ndarray:
+    """Top-k gallery photos per query with at most ``per_identity`` photos of any one identity.
+
+    ``scores: [Q, N] float32`` (higher = closer; -inf or NaN = never shortlist), ``gallery_labels: [N]``.
+    Without the cap, a top-100 can be 100 photos of one well-photographed animal, and re-ranking can then not
+    lift a true match from rank 101. ``per_identity <= 0`` disables the cap. Returns ``index: [Q, k] int64``
+    in descending score order (ties: lower index first), -1 in slots left empty.
+    """
+    scores = np.asarray(scores, np.float32)
+    _, code = np.unique(np.asarray(gallery_labels), return_inverse=True)
+    q, n = scores.shape
+    if len(code) != n:
+        raise ValueError(f"scores has {n} gallery columns but {len(code)} gallery labels were given")
+    out = np.full((q, k), -1, np.int64)
+    for r in range(q):
+        row = np.where(np.isnan(scores[r]), -np.inf, scores[r])  # (nan_to_num would make -inf finite)
+        order = np.argsort(-row, kind="stable")
+        order = order[np.isfinite(row[order])]
+        if per_identity > 0:
+            c = code[order]
+            # rank of each photo within its identity, in score order: stable sort by identity keeps score order
+            by_id = np.argsort(c, kind="stable")
+            starts = np.r_[0, np.flatnonzero(np.diff(c[by_id])) + 1]
+            rank = np.empty(len(c), np.int64)
+            rank[by_id] = np.arange(len(c)) - np.repeat(starts, np.diff(np.r_[starts, len(c)]))
+            order = order[rank < per_identity]
+        out[r, :min(k, len(order))] = order[:k]
+    return out
+
+
+def calibration_shortlist(embeddings: np.ndarray, labels: Sequence[Any], n_queries: int, k: int,
+                          per_identity: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labelled pairs from the DATABASE alone, drawn the way test pairs are, for fitting the calibrators.
+
+    Pseudo-queries are database photos whose identity has another photo; each is shortlisted against the rest of
+    the database (itself excluded) exactly as a query is, so the negatives are the hard ones re-ranking meets.
+    ``embeddings: [N, D] float32`` L2-normalised, ``labels: [N]``. Returns ``query_rows: [Qc] int64``,
+    ``shortlist: [Qc, k] int64`` (-1 = empty), ``global_scores: [Qc, k] float32`` (cosine, NaN in empty slots) and
+    ``same: [Qc, k] bool``.
+    """
+    labels = np.asarray(labels)
+    _, code, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    eligible = np.flatnonzero(counts[code] >= 2)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(eligible, size=min(n_queries, len(eligible)), replace=False)).astype(np.int64)
+    sims = embeddings[rows] @ embeddings.T  # [Qc, N]
+    sims[np.arange(len(rows)), rows] = -np.inf  # a photo is not its own match
+    index = dedup_shortlist(sims, labels, k, per_identity)
+    safe = np.clip(index, 0, None)
+    glob = np.where(index >= 0, np.take_along_axis(sims, safe, 1), np.nan).astype(np.float32)
+    same = (index >= 0) & (code[safe] == code[rows][:, None])
+    return rows, index, glob, same

@@ -12,27 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cache import atomic_path
-from .data import LAYOUT_SPLITS, read_csv_str
+from .io import read_csv_str, write_csv
+from .schema import LAYOUT_SPLITS, LAYOUT_TASK, SUBMISSION_COLUMNS
 from .errors import SubmissionError
-
-TASK_COLUMNS = {"2025": ("image_id", "identity"), "2026": ("image_id", "cluster")}
-
-
-def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``df`` as CSV through a temporary file in the same folder, then rename: a crash mid-write
-    leaves the old file (or none), never a truncated one."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        df.to_csv(fh, index=False)
-    return Path(path)
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write a text file through a temporary file and a rename (see write_csv_atomic)."""
-    with atomic_path(path) as tmp, open(tmp, "w") as fh:
-        fh.write(text)
-    return Path(path)
-
 
 def expected_order(meta: pd.DataFrame, sample: pd.DataFrame | None = None) -> list[str]:
     """The image_ids a submission must list, in order: the sample submission's, else the metadata's
@@ -58,7 +40,7 @@ def build_submission(pred: pd.DataFrame, order: list[str], layout: str = "2025")
     ``pred``: one row per image with the task's columns (``image_id`` + ``identity`` or ``cluster``).
     Raises SubmissionError when a row is missing, duplicated, extra, or has an empty label.
     """
-    cols = TASK_COLUMNS[layout]
+    cols = SUBMISSION_COLUMNS[LAYOUT_TASK[layout]]
     missing_cols = [c for c in cols if c not in pred.columns]
     if missing_cols:
         raise SubmissionError(f"predictions lack column(s) {missing_cols}; need {list(cols)}")
@@ -88,5 +70,5 @@ def write_submission(pred: pd.DataFrame, meta: pd.DataFrame, path: str | Path) -
     sample_path = Path(meta.attrs.get("root", ".")) / "sample_submission.csv"
     sample = read_csv_str(sample_path) if sample_path.is_file() else None
     out = build_submission(pred, expected_order(meta, sample), layout)
-    write_csv_atomic(out, path)
+    write_csv(out, path)
     return out

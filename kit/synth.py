@@ -32,10 +32,10 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from .errors import ConfigError, DataError
+from .schema import COLUMNS, NEW_INDIVIDUAL, cluster_label
 
 __all__ = ["DATASETS", "LAYOUTS", "make_competition"]
 
-COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset"]
 
 # Per dataset: `index` fixes its random streams whatever subset is generated; orientations and their odds;
 # `spin` is the in-plane rotation range in degrees (180 = any angle); `night` the share of grey IR photos;
@@ -169,11 +169,11 @@ def _write_tables(root: Path, rows: list[dict], layout: str) -> None:
     key = full.loc[held]
     if layout == "2025":
         solution = key[["image_id", "identity", "dataset"]].assign(new_identity=key["new"].astype(bool))
-        sample = pd.DataFrame({"image_id": key["image_id"], "identity": "new_individual"})
+        sample = pd.DataFrame({"image_id": key["image_id"], "identity": NEW_INDIVIDUAL})
     else:
         solution = key[["image_id", "identity", "dataset"]]
         sample = pd.DataFrame({"image_id": key["image_id"],
-                               "cluster": "cluster_" + key["dataset"] + "_" + key["image_id"]})
+                               "cluster": [cluster_label(d, i) for d, i in zip(key["dataset"], key["image_id"])]})
     solution.to_csv(root / "solution.csv", index=False, lineterminator="\n")
     sample.to_csv(root / "sample_submission.csv", index=False, lineterminator="\n")
 

@@ -29,7 +29,6 @@ GPUs, gloo on CPU); the same command without torchrun runs one process.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -45,8 +44,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import embed, metrics, retrieve
-from .data import check_image, labelled_mask, open_image, read_competition, scan_folders
+from .device import amp_dtype, decode_workers
+from .device import resolve as resolve_device
+from .data import labelled_mask, open_image, read_competition, require_readable, scan_folders
 from .errors import ConfigError, DataError
+from .io import atomic_path, write_csv, write_json, write_text
 from .openset import choose_threshold
 from .splits import open_set_split
 
@@ -230,9 +232,7 @@ def training_frame(src: str | Path, check_images: bool = True) -> pd.DataFrame:
     elif src.is_dir():
         found = scan_folders(src)
         if check_images:
-            bad = [f"{p}: {why}" for p in found["source"] if (why := check_image(p))]
-            if bad:
-                raise DataError(f"{src} holds unreadable images (remove or fix them):\n  " + "\n  ".join(bad[:20]))
+            require_readable(found["source"], f"{src} holds unreadable images (remove or fix them)")
         frame = pd.DataFrame({"image_id": [f"{i:06d}" for i in range(len(found))], "identity": found["identity"],
                               "orientation": found["orientation"], "dataset": src.resolve().name,
                               "filepath": found["source"]})
@@ -404,7 +404,7 @@ def init_distributed(device: str = "auto") -> Dist:
     processes use GPUs, gloo on CPU. One GPU per process (cuda:LOCAL_RANK)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
-    cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    cuda = resolve_device(device).type == "cuda"
     if cuda:
         if world > 1 and local >= torch.cuda.device_count():
             raise ConfigError(f"{world} processes but {torch.cuda.device_count()} GPU(s): run torchrun with "
@@ -420,16 +420,6 @@ def init_distributed(device: str = "auto") -> Dist:
         owns = True
     rank = dist.get_rank() if world > 1 else 0
     return Dist(rank, world, local, dev, owns)
-
-
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """Autocast dtype: None (fp32) on CPU or with "off"; "auto" = bf16 where the GPU has it (Ampere and
-    later), else fp16 (T4, V100; with loss scaling)."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -493,17 +483,12 @@ def save_checkpoint(folder: Path, embedder: embed.Embedder, info: dict) -> None:
     temporary files and renames; config.json last, so a folder with one always has its weights."""
     from safetensors.torch import save_file
 
-    from .cache import atomic_path
-    from .submit import write_text_atomic
-
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}, tmp)
-    write_text_atomic(json.dumps(info, indent=2), folder / embed.KIT_CHECKPOINT)
+    write_json(info, folder / embed.KIT_CHECKPOINT)
 
 
 def _save_state(path: Path, state: dict) -> None:
-    from .cache import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -571,7 +556,8 @@ class Trainer:
                 self.net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
         self.amp = amp_dtype(dev, tc["amp"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        # fp16 (a T4) needs loss scaling to keep small gradients from underflowing; bf16 and fp32 do not
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp == torch.float16)
         self.optimizer = torch.optim.AdamW(self._param_groups(), betas=(0.9, 0.999))
         self.steps_per_epoch = int(tc["steps_per_epoch"] or max(1, math.ceil(len(self.train_df) / tc["batch_size"])))
         self.total_steps = self.steps_per_epoch * tc["epochs"]
@@ -635,10 +621,7 @@ class Trainer:
         return [g for g in groups if g["params"]]
 
     def _workers(self) -> int:
-        w = self.tc["num_workers"]
-        if w is None or w < 0:
-            w = min(8, max(1, (os.cpu_count() or 1) // self.dist.world))
-        return w
+        return decode_workers(self.tc["num_workers"], self.dist.device, self.dist.world)
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up over ``warmup_epochs``, then cosine decay to ``min_lr_ratio`` at the last step."""
@@ -784,18 +767,15 @@ class Trainer:
         tqdm.write(f"{head}  {val}  ({row['seconds']:.0f}s){'  *best' if is_best else ''}")
 
     def _write_history(self) -> None:
-        from .submit import write_csv_atomic
-
-        write_csv_atomic(pd.DataFrame(self.history), self.out / "history.csv")
+        write_csv(pd.DataFrame(self.history), self.out / "history.csv")
 
     def fit(self) -> dict:
         """Train the remaining epochs; returns {"best_epoch", "best": metrics, "history", "out"}."""
         tc, main = self.tc, self.dist.main
         if main:
             from .config import dump_config
-            from .submit import write_text_atomic
 
-            write_text_atomic(dump_config(self.conf), self.out / "train_config.yaml")
+            write_text(dump_config(self.conf), self.out / "train_config.yaml")
             tqdm.write(f"training {self.model_name} at {self.size} px on {len(self.train_df)} photos of "
                        f"{len(self.classes)} identities; validating on "
                        f"{0 if self.val_df is None else len(self.val_df)} "
@@ -874,9 +854,11 @@ def plot_history(history: list[dict], losses: list[float], steps_per_epoch: int,
     if b.lines:
         b.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")  # the .tmp suffix says nothing about the format
+    finally:
+        plt.close(fig)
 
 
 def train(src: str | Path, conf: dict, out: str | Path) -> dict:

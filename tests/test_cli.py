@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import pytest
 
 from kit.cli import main
-from kit.data import read_csv_str
+from kit.io import read_csv_str
 
 FAST = ["--set", "embed.image_size=64", "--set", "embed.num_workers=0"]
 

@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 from kit import cluster
 from kit.cli import main
 from kit.config import load_config
-from kit.data import read_csv_str
+from kit.io import read_csv_str
 from kit.metrics import score_2026
 
 FAST = ["--set", "embed.image_size=64", "--set", "embed.num_workers=0"]

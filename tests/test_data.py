@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
-from kit.data import COLUMNS, check_image, import_folders, open_image, read_competition, read_csv_str
+from kit.data import check_image, import_folders, open_image, read_competition
+from kit.io import read_csv_str
+from kit.schema import COLUMNS
 from kit.errors import DataError, ImageError
 
 

@@ -19,7 +19,7 @@ import pytest
 
 import kit
 from kit.cli import main
-from kit.data import read_csv_str
+from kit.io import read_csv_str
 from kit.kaggle import (KaggleError, find_competition, record_name, unzip_into, upload_message, weight_hashes)
 
 ROOT = Path(__file__).resolve().parent.parent

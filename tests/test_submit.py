@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from kit.data import read_competition, read_csv_str
+from kit.data import read_competition
 from kit.errors import SubmissionError
-from kit.submit import build_submission, write_csv_atomic, write_submission
+from kit.io import read_csv_str
+from kit.submit import build_submission, write_submission
 
 
 def _pred(meta):
@@ -37,21 +38,6 @@ def test_bad_predictions_write_nothing(tiny_2025, tmp_path, mutate, message):
     with pytest.raises(SubmissionError, match=message):
         write_submission(mutate(_pred(meta)), meta, target)
     assert target.read_text() == "previous,file\n"  # untouched
-    assert [p.name for p in tmp_path.iterdir()] == ["s.csv"]  # no temporary left behind
-
-
-def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
-    target = tmp_path / "x.csv"
-    target.write_text("old\n")
-
-    class Boom(pd.DataFrame):
-        def to_csv(self, *a, **k):
-            raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        write_csv_atomic(Boom({"a": [1]}), target)
-    assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]
 
 
 def test_build_submission_2026_columns():

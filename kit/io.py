@@ -1,0 +1,102 @@
+"""Files in and out: the one atomic writer, the string-safe CSV reader and strict JSON.
+
+Every file the kit writes goes through ``atomic_path``: the bytes land in a temporary file beside the target
+and are renamed onto it only when complete, so a crash or Ctrl-C mid-write leaves the old file (or none), never
+a truncated one. The result gets the permissions an ordinary ``open()`` would give under the user's umask
+(``mkstemp`` creates 0600, which would lock other users out of a shared cache or submission folder).
+
+This module imports nothing else of the kit: every stage may use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+
+def umask() -> int:
+    """The process's umask (read without changing it)."""
+    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure deleted.
+
+    The temporary name starts with a dot and ends in .tmp, so no glob of real files sees it. The final file's
+    mode is 0666 minus the umask (644 under the usual 022), as for any file created with ``open()``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    """Write a text file atomically (``atomic_path``); returns ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` as a CSV without its index, atomically; returns ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        df.to_csv(fh, index=False)
+    return Path(path)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with NaN/inf as None, numpy scalars and arrays as Python numbers and lists, tuples as lists,
+    keys as strings: what strict JSON can hold."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps_json(value: Any) -> str:
+    """Strict JSON text (``jsonable`` first: no bare NaN, which most JSON readers reject), indented, newline-ended."""
+    return json.dumps(jsonable(value), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(value: Any, path: str | Path) -> Path:
+    """Write ``value`` as strict JSON (``dumps_json``), atomically; returns ``path``."""
+    return write_text(dumps_json(value), path)
+
+
+def copy_file(src: str | Path, dst: str | Path) -> Path:
+    """Copy ``src`` onto ``dst`` atomically (contents and modification time); returns ``dst``."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+        shutil.copystat(src, tmp)
+    return Path(dst)
+
+
+def read_csv_str(path: str | Path, **kw) -> pd.DataFrame:
+    """Read a CSV with every column as str and nothing turned into NaN: identity "NA" or "0123" stays as is."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, **kw)
