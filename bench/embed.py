@@ -53,18 +53,18 @@ def naive_extract(backbone, paths) -> float:
     with torch.inference_mode():
         for s in range(0, len(paths), 32):
             x = torch.stack([pre(Image.open(p).convert("RGB")) for p in paths[s:s + 32]])
-            backbone.model(x)
+            backbone.net(x)
     return len(paths) / (time.perf_counter() - t)
 
 
 def bench_extraction(paths: list[str], conf: dict, label: str) -> dict:
-    backbone = embed.load_backbone(conf["embed"])
+    backbone = embed.load_descriptor(conf["embed"])
     kit_conf = {**conf["embed"], "batch_size": 64}
     embed.extract(backbone, paths[:8], {**kit_conf, "num_workers": 0})  # warm-up: thread pools, allocator
     fast = time_extract(backbone, paths, kit_conf)
     naive = naive_extract(backbone, paths)
     with tempfile.TemporaryDirectory() as tmp:
-        cc = {"enabled": True, "dir": tmp}
+        cc = Path(tmp)
         os.environ.pop("KIT_CACHE", None)
         t = time.perf_counter()
         embed.embed_paths(paths, kit_conf, cc, backbone)

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from kit import embed
+from kit.cache import cache_root
 from kit.config import load_config
 from kit.train import METRICS, evaluate, holdout_split, training_frame
 
@@ -44,7 +45,7 @@ def main() -> None:
     for name, ec in [(f"pretrained @ {args.size}px", {**conf["embed"], "image_size": args.size}),
                      ("fine-tuned (embed.weights=OUT)", {**conf["embed"], "weights": args.out})]:
         t = time.perf_counter()
-        emb = embed.embed_paths(paths, ec, conf["cache"])
+        emb = embed.embed_paths(paths, ec, cache_root(conf["cache"]))
         rows[name] = {**evaluate(emb, val), "seconds": time.perf_counter() - t}
     hist = pd.read_csv(Path(args.out) / "history.csv")
     if (hist["epoch"] == 0).any():

@@ -22,7 +22,7 @@ import importlib.util
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -111,19 +111,19 @@ class Preprocess:
 
 
 @dataclass
-class Backbone:
-    """A loaded model with its preprocessing and provenance (what the cache key is made of)."""
+class Descriptor:
+    """A global descriptor ready to run: the network, how photos are prepared for it, and where its weights came
+    from (together, what the embedding cache is keyed by)."""
 
-    model: Embedder
+    net: Embedder
     preprocess: Preprocess
-    name: str
+    name: str  # the timm model name
     weights_source: str  # human-readable: where the weights came from
     weights_id: str  # sha1 of the weights file, or the hub id: changes when the weights change
-    extra: dict = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
-        return self.model.dim
+        return self.net.dim
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -235,7 +235,7 @@ def _load_lite0_zip(model: Embedder, path: Path) -> None:
     load_state(model.backbone, full.state_dict(), str(path))
 
 
-def load_backbone(conf: dict) -> Backbone:
+def load_descriptor(conf: dict) -> Descriptor:
     """Build the ``embed`` config's model with its weights and preprocessing. See the module docstring."""
     name, weights = conf["model"], conf.get("weights")
     neck, embed_dim, key_map = conf.get("neck", "none"), conf.get("embed_dim", 512), conf.get("key_map") or ()
@@ -300,7 +300,7 @@ def load_backbone(conf: dict) -> Backbone:
         crop_pct=conf.get("crop_pct"),
     )
     model.eval()
-    return Backbone(model, pre, name, source, weights_id)
+    return Descriptor(model, pre, name, source, weights_id)
 
 
 # ------------------------------------------------------------------------------------------- extraction
@@ -311,7 +311,9 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
 
 
-class _Images(torch.utils.data.Dataset):
+class ImageDataset(torch.utils.data.Dataset):
+    """Item i: (``pre(photo i)`` [3, S, S] float32, i); decoded in DataLoader workers."""
+
     def __init__(self, paths: Sequence[str], pre: Preprocess):
         self.paths, self.pre = list(paths), pre
 
@@ -322,20 +324,20 @@ class _Images(torch.utils.data.Dataset):
         return self.pre(open_image(self.paths[i], min_side=self.pre.size)), i
 
 
-def extract(backbone: Backbone, paths: Sequence[str], conf: dict, desc: str = "embed") -> np.ndarray:
+def extract(descriptor: Descriptor, paths: Sequence[str], conf: dict, desc: str = "embed") -> np.ndarray:
     """Embed images: ``[N, D] float32``, L2-normalised, row i for ``paths[i]`` (asserted)."""
     pol = device_policy(conf.get("device", "auto"), conf.get("amp", "auto"), conf.get("num_workers", -1))
     device = pol.device
     # a worker costs about a second to start: never more workers than batches to decode
     workers = min(pol.workers, max(0, len(paths) // max(1, conf.get("batch_size", 32))))
     loader = torch.utils.data.DataLoader(
-        _Images(paths, backbone.preprocess), batch_size=conf.get("batch_size", 32), shuffle=False,
+        ImageDataset(paths, descriptor.preprocess), batch_size=conf.get("batch_size", 32), shuffle=False,
         num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
     )
-    model = backbone.model.to(device)
+    model = descriptor.net.to(device)
     if device.type == "cuda" and conf.get("channels_last", True):
         model = model.to(memory_format=torch.channels_last)
-    out = np.empty((len(paths), backbone.dim), dtype=np.float32)
+    out = np.empty((len(paths), descriptor.dim), dtype=np.float32)
     order: list[np.ndarray] = []
     with torch.inference_mode(), pol.autocast():
         for x, idx in tqdm(loader, desc=desc, unit="batch", disable=len(loader) < 3, leave=False):
@@ -352,28 +354,27 @@ def extract(backbone: Backbone, paths: Sequence[str], conf: dict, desc: str = "e
     return out
 
 
-def cache_spec(backbone: Backbone, conf: dict) -> dict:
+def cache_spec(descriptor: Descriptor, conf: dict) -> dict:
     """Everything that changes an embedding: model, weights, preprocessing, TTA."""
-    pre = backbone.preprocess
-    return {"stage": "embed", "model": backbone.name, "weights": backbone.weights_id,
+    pre = descriptor.preprocess
+    return {"stage": "embed", "model": descriptor.name, "weights": descriptor.weights_id,
             "neck": conf.get("neck", "none"), "size": pre.size, "mean": list(pre.mean), "std": list(pre.std),
             "interpolation": pre.interpolation, "crop_pct": pre.crop_pct, "tta_flip": bool(conf.get("tta_flip"))}
 
 
-def embed_paths(paths: Sequence[str], conf: dict, cache_conf: dict | None = None,
-                backbone: Backbone | None = None) -> np.ndarray:
+def embed_paths(paths: Sequence[str], conf: dict, cache_dir: Path | None = None,
+                descriptor: Descriptor | None = None) -> np.ndarray:
     """``[N, D] float32`` L2-normalised embeddings of ``paths``, computing only what the cache lacks.
 
-    ``conf``: the ``embed`` config section; ``cache_conf``: the ``cache`` section (None: no cache).
+    ``conf``: the ``embed`` config section; ``cache_dir``: the cache root (``cache.cache_root``; None: no cache).
     """
-    backbone = backbone or load_backbone(conf)
-    root = cache.cache_root(cache_conf or {"enabled": False})
-    folder = root / "embed" / cache.spec_hash(cache_spec(backbone, conf)) if root else None
+    descriptor = descriptor or load_descriptor(conf)
+    folder = cache_dir / "embed" / cache.spec_hash(cache_spec(descriptor, conf)) if cache_dir else None
     keys = [cache.image_key(p) for p in paths]
 
     def compute(idx: np.ndarray) -> dict[str, np.ndarray]:
-        return {"emb": extract(backbone, [paths[i] for i in idx], conf)}
+        return {"emb": extract(descriptor, [paths[i] for i in idx], conf)}
 
     flush = max(2048, 16 * conf.get("batch_size", 32))  # rows per saved shard: the resume granularity
     return cache.cached_compute(folder, keys, compute, flush_every=flush).get(
-        "emb", np.zeros((0, backbone.dim), np.float32))
+        "emb", np.zeros((0, descriptor.dim), np.float32))

@@ -217,9 +217,9 @@ def weight_hashes(conf: dict) -> dict:
     id for hub weights), plus "rerank": {extractor: {file, sha1}, matcher: {file, sha1}} when re-ranking is on.
     """
     from .cache import file_hash
-    from .embed import load_backbone
+    from .embed import load_descriptor
 
-    bb = load_backbone(conf["embed"])
+    bb = load_descriptor(conf["embed"])
     out: dict = {"embed": {"model": bb.name, "weights_source": bb.weights_source, "weights_id": bb.weights_id}}
     if conf["rerank"].get("enabled"):
         from . import rerank

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import embed, openset, retrieve
+from .cache import cache_root
 from .data import labelled_mask
 from .schema import NEW_INDIVIDUAL
 from .splits import hide_answers, open_set_split
@@ -15,9 +16,9 @@ from .splits import hide_answers, open_set_split
 PIPELINES = ("global", "reranked", "fused")  # names used in metrics.json, as each stage exists
 
 
-def embed_frame(df: pd.DataFrame, conf: dict, backbone: embed.Backbone | None = None) -> np.ndarray:
+def embed_frame(df: pd.DataFrame, conf: dict) -> np.ndarray:
     """[len(df), D] float32 embeddings of ``df.filepath``, row-aligned with ``df``, through the cache."""
-    return embed.embed_paths(df["filepath"].tolist(), conf["embed"], conf["cache"], backbone)
+    return embed.embed_paths(df["filepath"].tolist(), conf["embed"], cache_root(conf["cache"]))
 
 
 def final_pipeline(conf: dict) -> str:

@@ -513,14 +513,14 @@ class Trainer:
         self._check_batching()
 
         # model: the embed section's backbone and weights, a fresh neck unless a kit checkpoint brings one
-        base = embed.load_backbone({**ec, "neck": "none", "image_size": None})
-        self.model_name = getattr(base.model.backbone, "pretrained_cfg", {}).get("architecture") or base.name
+        base = embed.load_descriptor({**ec, "neck": "none", "image_size": None})
+        self.model_name = getattr(base.net.backbone, "pretrained_cfg", {}).get("architecture") or base.name
         embedder = embed.Embedder(self.model_name, tc["neck"], tc["embed_dim"])
-        own, given = embedder.state_dict(), base.model.state_dict()
+        own, given = embedder.state_dict(), base.net.state_dict()
         if set(own) == set(given) and all(own[k].shape == given[k].shape for k in own):
             embedder.load_state_dict(given)  # a kit checkpoint with this neck: continue training all of it
         else:
-            embedder.backbone.load_state_dict(base.model.backbone.state_dict())
+            embedder.backbone.load_state_dict(base.net.backbone.state_dict())
         pre = base.preprocess
         self.size = int(tc["image_size"] or ec.get("image_size") or pre.size)
         self.mean, self.std, self.interpolation = list(pre.mean), list(pre.std), pre.interpolation
@@ -655,7 +655,7 @@ class Trainer:
         self.cache = torch.stack(views)  # [K, N, C, h, w] float16
         if self.val_df is not None:
             pre = embed.Preprocess(self.size, tuple(self.mean), tuple(self.std), self.interpolation)
-            self.val_cache = self._run_prefix(embed._Images(self.val_df["filepath"].tolist(), pre), "cache val")
+            self.val_cache = self._run_prefix(embed.ImageDataset(self.val_df["filepath"].tolist(), pre), "cache val")
         if self.dist.main:
             mb = (self.cache.numel() + (0 if self.val_cache is None else self.val_cache.numel())) * 2 / 2**20
             tqdm.write(f"cached the frozen layers' output: {self.tc['cache_views']} view(s) x {self.cache.shape[1]} "
@@ -744,11 +744,11 @@ class Trainer:
         else:
             pre = embed.Preprocess(self.size, tuple(self.mean), tuple(self.std), self.interpolation)
             amp = {None: "off", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.amp]
-            backbone = embed.Backbone(_Features(self.net.embedder, neck, dim), pre, self.model_name, "training",
+            descriptor = embed.Descriptor(_Features(self.net.embedder, neck, dim), pre, self.model_name, "training",
                                       "training")
             econf = {**self.conf["embed"], "device": str(self.dist.device), "amp": amp, "tta_flip": False,
                      "num_workers": self.workers, "channels_last": self.tc["channels_last"]}
-            emb = embed.extract(backbone, self.val_df["filepath"].tolist(), econf, desc="validate")
+            emb = embed.extract(descriptor, self.val_df["filepath"].tolist(), econf, desc="validate")
         return emb
 
     def checkpoint_info(self, scores: dict) -> dict:

