@@ -82,7 +82,7 @@ def quality(meta: pd.DataFrame, conf: dict) -> dict:
         vconf = copy.deepcopy(conf)
         vconf["cluster"].update(over)
         t = time.perf_counter()
-        labels, det = cluster.cluster_competition(train, emb_tr, test, emb_te, vconf, verbose=False)
+        labels, det = cluster.cluster_competition(train, emb_tr, test, emb_te, vconf["cluster"], verbose=False)
         secs = time.perf_counter() - t
         for ds in out:
             rows = (test["dataset"] == ds).to_numpy()
@@ -110,7 +110,8 @@ def _refit(train, emb_tr, ds, conf):
     if not len(rows):
         return None
     try:
-        return cluster.fit_cluster_model(cluster.heldout_folds(train.iloc[rows], emb_tr[rows], conf), conf)
+        cc = conf["cluster"]
+        return cluster.fit_cluster_model(cluster.heldout_folds(train.iloc[rows], emb_tr[rows], cc), cc)
     except ValueError:
         return None
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kit import metrics, openset  # noqa: E402
 from kit.config import load_config  # noqa: E402
 from kit.data import labelled_mask, read_competition, read_csv_str  # noqa: E402
-from kit.pipeline import embed_frame, match, run_submission, run_validation  # noqa: E402
+from kit.pipeline import embed_frame, match, submit, validate  # noqa: E402
 from kit.report import openset_analysis  # noqa: E402
 from kit.splits import open_set_split  # noqa: E402
 
@@ -75,15 +75,15 @@ def naive(meta: pd.DataFrame, emb: np.ndarray, solution: pd.DataFrame, conf: dic
         unknown = sol["new_identity"].to_numpy(bool)[rows]
         correct = (ev["top_identity"] == truth) & ~unknown
         h_tau, h_score = openset.choose_threshold(ev["score"], correct, unknown, truth)
-        out[name] = {"fixed": openset.evaluate(ev["score"], correct, unknown, truth, NAIVE_TAU)[2],
+        out[name] = {"fixed": openset.score_at(ev["score"], correct, unknown, truth, NAIVE_TAU)[2],
                      "hindsight": h_score, "hindsight_tau": h_tau,
-                     "oracle": openset.evaluate_calls(unknown, correct, unknown, truth)[2]}
+                     "oracle": openset.score_calls(unknown, correct, unknown, truth)[2]}
     return out
 
 
 def kit_run(meta: pd.DataFrame, solution: pd.DataFrame, conf: dict) -> dict[str, dict]:
     """Per dataset: the kit's score (submit flow), its tau and open-set score, and the hindsight gap."""
-    pred, details = run_submission(meta, conf)
+    pred, details = submit(meta, conf)
     sol = solution.set_index("image_id").loc[pred["image_id"]].reset_index()
     _, table = metrics.score_2025(sol, pred)
     out = {}
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     validate = []
     for seed in range(args.validate_seeds):
         vconf = load_config(None, args.set + [f"validate.seed={seed}"])
-        _, info = run_validation(meta, vconf)
+        _, info = validate(meta, vconf)
         for name, pipes in openset_analysis(info["details"], info["solution"]).items():
             e = pipes["global"]
             validate.append({"seed": seed, "dataset": name, "candidate": e["candidate"],

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .errors import KitError
-from .schema import NEW_INDIVIDUAL
+from .schema import CLUSTERING, NEW_INDIVIDUAL
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -68,22 +68,28 @@ def cmd_embed(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from .pipeline import run_submission
+    from . import pipeline
     from .submit import write_submission
 
     conf, meta = _competition(args)
-    if _task(args, meta) == "clustering":
-        return _submit_clustering(args, conf, meta)
-    pred, details = run_submission(meta, conf)
-    if args.provenance:  # <timestamp>-<config>-<local score>.csv + sidecar JSON (kit/kaggle.py)
+    task = pipeline.task_of(meta, args.task)
+    pred, details = pipeline.submit(meta, conf, task)
+    if args.provenance:  # <timestamp>-<config>-<local score>.csv + sidecar JSON (kit/kaggle)
         from .kaggle import record_submission
 
-        args.out, out, sidecar = record_submission(meta, conf, args.config, args.provenance, pred, details)
+        args.out, out, sidecar = record_submission(meta, conf, args.config, args.provenance, pred, details, task)
         local = sidecar["local_score"]
-        print(f"local score {local['value']} (kit validate, {local['pipeline']} pipeline); "
+        print(f"local score {local['value']} (kit validate, {local['pipeline']}); "
               f"provenance in {Path(args.out).with_suffix('.json')}")
     else:
         out = write_submission(pred, meta, args.out)
+    if task == CLUSTERING:
+        for name, det in sorted(details.items()):
+            note = f"  [{det['note']}]" if det.get("note") else ""
+            print(f"{name}: {det['method']} cut={det['cut']:.4f}  held-out ARI estimate={det['heldout_ARI']:.4f}  "
+                  f"{det['n_clusters']} clusters / {det['n_images']} images{note}")
+        print(f"wrote {len(out)} cluster assignments to {args.out}")
+        return 0
     q = meta[meta["split"] == "query"].set_index("image_id")["dataset"]
     new = out.assign(dataset=q.loc[out["image_id"]].to_numpy()).groupby("dataset")["identity"].agg(
         lambda s: int((s == NEW_INDIVIDUAL).sum()))
@@ -98,36 +104,7 @@ def cmd_submit(args) -> int:
     return 0
 
 
-def _task(args, meta) -> str:
-    """The task of a submit/validate run: --task, or from the folder's layout (2026 -> clustering); a task
-    that does not fit the layout is a DataError."""
-    from .cluster import check_layout
-
-    task = getattr(args, "task", "auto")
-    if task == "auto":
-        task = "clustering" if meta.attrs.get("layout") == "2026" else "identification"
-    check_layout(meta, task, args.data)
-    return task
-
-
-def _submit_clustering(args, conf, meta) -> int:
-    from .cluster import run_cluster_submission
-    from .submit import write_submission
-
-    pred, details = run_cluster_submission(meta, conf)
-    out = write_submission(pred, meta, args.out)
-    for name, det in sorted(details.items()):
-        note = f"  [{det['note']}]" if det.get("note") else ""
-        print(f"{name}: {det['method']} cut={det['cut']:.4f}  held-out ARI estimate={det['heldout_ARI']:.4f}  "
-              f"{det['n_clusters']} clusters / {det['n_images']} images{note}")
-    print(f"wrote {len(out)} cluster assignments to {args.out}")
-    return 0
-
-
-def _validate_clustering(args, conf, meta) -> int:
-    from .cluster import format_report, run_cluster_validation
-
-    result, _ = run_cluster_validation(meta, conf)
+def _print_cluster_table(result: dict) -> None:
     print(f"{'dataset':<20} {'ARI':>6} {'pred/true clusters':>18} {'images':>6} {'method':>10} {'fallback':>8}")
     for ds, r in result.items():
         if ds != "mean":
@@ -135,38 +112,37 @@ def _validate_clustering(args, conf, meta) -> int:
             print(f"{ds:<20} {r['ARI']:6.3f} {str(r['n_clusters']) + '/' + str(r['n_identities']):>18} "
                   f"{r['n_images']:>6} {r['method'] or 'n/a':>10} {'n/a' if fb is None else f'{fb:.3f}':>8}")
     print(f"mean ARI {result['mean']['ARI']:.4f}")
-    if args.report:
-        from .io import write_json, write_text
-
-        rep = Path(args.report)
-        write_json(result, rep / "cluster_metrics.json")
-        write_text(format_report(result), rep / "cluster_report.md")
-        print(f"wrote {rep / 'cluster_metrics.json'} and {rep / 'cluster_report.md'}")
-    return 0
 
 
-def cmd_validate(args) -> int:
-    from .pipeline import run_validation
-
-    conf, meta = _competition(args)
-    if _task(args, meta) == "clustering":
-        return _validate_clustering(args, conf, meta)
-    t0 = time.perf_counter()
-    result, info = run_validation(meta, conf)
+def _print_identification_table(result: dict) -> None:
     names = ["R-1", "R-5", "R-20", "mAP", "BAKS", "BAUS", "score"]
     print(f"{'dataset':<20} {'pipeline':<9} " + " ".join(f"{n:>6}" for n in names))
     for ds, pipes in result.items():
         for pipe, m in pipes.items():
             print(f"{ds:<20} {pipe:<9} " + " ".join(f"{m.get(n, float('nan')):6.3f}" for n in names))
-    if args.report:
-        from .report import write_report
 
+
+def cmd_validate(args) -> int:
+    from . import pipeline, report
+
+    conf, meta = _competition(args)
+    task = pipeline.task_of(meta, args.task)
+    t0 = time.perf_counter()
+    result, info = pipeline.validate(meta, conf, task)
+    if task == CLUSTERING:
+        _print_cluster_table(result)
+        if args.report:
+            written = report.write_cluster_report(args.report, result)
+            print(f"wrote {' and '.join(str(p) for p in written.values())}")
+        return 0
+    _print_identification_table(result)
+    if args.report:
         header = {"data": args.data, "model": conf["embed"]["model"],
                   "re-ranking": "on" if conf["rerank"].get("enabled") else "off",
                   "validation split": f"validate.n_unknown={conf['validate']['n_unknown']}, "
                                       f"query_fraction={conf['validate']['query_fraction']}, seed={conf['validate']['seed']}",
                   "run time": f"{time.perf_counter() - t0:.1f} s (validation, before the report)"}
-        written = write_report(args.report, result, info, header)
+        written = report.write_report(args.report, result, info, header)
         print(f"wrote {Path(args.report) / 'report.md'} ({len(written)} files: metrics.json, openset.json, plots)")
     return 0
 

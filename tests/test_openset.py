@@ -75,9 +75,9 @@ HAND = dict(score=np.array([0.9, 0.4, 0.7, 0.3, 0.8, 0.5]),
 
 def test_evaluate_matches_the_hand_computed_curve():
     # same case as test_score_curve_oracle: tau = 0.8 gives BAKS .25, BAUS .75
-    baks, baus, score = openset.evaluate(**HAND, tau=0.8)
+    baks, baus, score = openset.score_at(**HAND, tau=0.8)
     assert np.allclose([baks, baus, score], [0.25, 0.75, np.sqrt(0.25 * 0.75)])
-    baks, baus, score = openset.evaluate(**HAND, tau=-np.inf)
+    baks, baus, score = openset.score_at(**HAND, tau=-np.inf)
     assert np.allclose([baks, baus, score], [0.5, 0.0, 0.0])
 
 
@@ -100,7 +100,7 @@ def test_resample_weights_equal_duplicated_rows():
                     groups += [f"{ident}#{copy}"] * len(sel)
         rows = np.array(rows)
         for t, (bk, bu) in enumerate(zip(baks[b], baus[b])):
-            ek, eu, _ = openset.evaluate(HAND["score"][rows], HAND["correct"][rows], HAND["unknown"][rows],
+            ek, eu, _ = openset.score_at(HAND["score"][rows], HAND["correct"][rows], HAND["unknown"][rows],
                                          np.array(groups), taus[t])
             assert np.isclose(bk, ek) and np.isclose(bu, eu)
 
@@ -136,20 +136,19 @@ def test_fit_threshold_recovers_known_optimum_and_is_deterministic():
     assert other["boot"] != b  # and the seed matters
 
 
-def test_fit_threshold_avoids_a_spike_next_to_a_cliff():
-    """A lucky narrow peak right before everything-wrong loses to a broad, slightly lower plateau."""
-    # known queries (each its own identity, all correct) spread over [0.5, 1]; unknowns: many at 0.3-0.4
-    # and a handful just below 0.9, so the raw curve spikes at tau ~0.9 (all unknowns new) while
-    # keeping few knowns; the robust choice calls only the low unknowns new.
-    known = np.linspace(0.5, 1.0, 40)
+def test_fit_threshold_leaves_an_isolated_unknown_above_tau():
+    """One unknown photo sitting among the knowns (0.89) is not worth calling every known below it new: both the
+    plain search and the resampled one put tau on the broad plateau between the unknown crowd and the knowns."""
+    known = np.linspace(0.5, 1.0, 40)  # each its own identity, all top-1 right
     unknown_s = np.r_[np.linspace(0.3, 0.4, 30), [0.89]]
     score = np.r_[known, unknown_s]
     unknown = np.r_[np.zeros(40, bool), np.ones(31, bool)]
     ident = np.r_[[f"k{i}" for i in range(40)], [f"u{i % 10}" for i in range(30)], ["lone"]]
-    plain_tau, _ = openset.choose_threshold(score, ~unknown, unknown, ident)
+    plain_tau, plain_score = openset.choose_threshold(score, ~unknown, unknown, ident)
     fit = openset.fit_threshold(score, ~unknown, unknown, ident, n_boot=200, seed=0)
+    assert 0.4 < plain_tau < 0.5 and np.isclose(plain_score, np.sqrt(10 / 11))  # calling "lone" new: 0.43 at best
     assert 0.4 < fit["tau"] < 0.5  # below every known, above the crowd of unknowns
-    assert openset.evaluate(score, ~unknown, unknown, ident, fit["tau"])[2] > 0.9
+    assert openset.score_at(score, ~unknown, unknown, ident, fit["tau"])[2] > 0.9
 
 
 def test_fit_threshold_without_resamples_is_the_plain_search():
@@ -228,12 +227,14 @@ def test_calibrate_reports_the_winner_and_its_uncertainty():
 
     oc = {**DEFAULTS["openset"], "bootstrap": 50, "cv_bootstrap": 10, "cv_repeats": 1}
     feats, correct, unknown, ident = _margin_world(1)
-    cal = openset.calibrate(feats, correct, unknown, ident, ident, oc)  # no qq_contrast: logistic_qq skipped
-    assert cal["candidate"] in ("margin", "logistic") and "logistic_qq" not in cal["candidates"]
-    assert cal["heldout_score"] > 0.9 and 0.02 < cal["tau"] < 0.1 or cal["candidate"] == "logistic"
+    cal = openset.fit_decision(feats, correct, unknown, ident, ident, oc)  # no qq_contrast: logistic_qq skipped
+    assert "logistic_qq" not in cal["candidates"] and set(cal["candidates"]) == {"margin", "top1", "logistic"}
+    # margin (the incumbent) separates the classes; top1 does not; logistic is no better by min_gain
+    assert cal["candidate"] == "margin" and cal["candidates"]["top1"]["cv"] < 0.75
+    assert cal["heldout_score"] > 0.9 and 0.02 < cal["tau"] < 0.1
     assert set(cal["bootstrap"]) >= {"tau_lo", "tau_hi", "score_lo", "score_hi"}
     with pytest.raises(ValueError, match="include 'top1'"):
-        openset.calibrate(feats, correct, unknown, ident, ident, {**oc, "candidates": ["logistic_qq"]})
+        openset.fit_decision(feats, correct, unknown, ident, ident, {**oc, "candidates": ["logistic_qq"]})
 
 
 def test_estimate_unknown_share_recovers_a_mixture():

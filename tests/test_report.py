@@ -27,7 +27,7 @@ def _details_and_solution():
     """One dataset, one pipeline: calibrated on one world, applied to another (as identify would)."""
     oc = {**DEFAULTS["openset"], "bootstrap": 30, "cv_bootstrap": 0, "cv_repeats": 1}
     feats, correct, unknown, ident = _world(0)
-    cal = openset.calibrate(feats, correct, unknown, ident, ident, oc)
+    cal = openset.fit_decision(feats, correct, unknown, ident, ident, oc)
     vfeats, vcorrect, vunknown, vident = _world(1)
     top = np.where(vcorrect, vident, "someone_else").astype(object)
     det = {"tau": cal["tau"], "heldout_score": cal["heldout_score"], "candidate": cal["candidate"],
@@ -46,7 +46,7 @@ def test_analysis_numbers():
     det = details["D"]["global"]
     truth, unknown = solution["identity"].to_numpy(), solution["new_identity"].to_numpy()
     correct = (det["evidence"]["top_identity"] == truth) & ~unknown
-    expected = openset.evaluate(det["openset_score"], correct, unknown, truth, det["tau"])
+    expected = openset.score_at(det["openset_score"], correct, unknown, truth, det["tau"])
     assert np.isclose(e["validation"]["score"], expected[2])
     assert e["hindsight"]["score"] >= e["validation"]["score"] - 1e-12 and e["hindsight"]["gap"] >= -1e-12
     assert e["unknown_share"]["true"] == 0.5 and e["candidate"] == det["candidate"]

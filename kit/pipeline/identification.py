@@ -1,5 +1,8 @@
-"""The stages wired together: ``submit`` (competition -> predictions) and ``validate`` (a labelled split ->
-metrics). Everything here is plain orchestration over the stage modules' arrays and DataFrames.
+"""The 2025 task wired: each query gets a known identity or ``new_individual``, per dataset.
+
+``identify`` does it for one labelled database and its queries: global cosine evidence (plus re-ranked and fused
+evidence when ``rerank.enabled``), then the open-set decision whose score and tau were fitted on held-out splits of
+the database alone (``fit_decisions``). Plain orchestration over the stage modules' arrays and DataFrames.
 """
 
 from __future__ import annotations
@@ -7,18 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import embed, openset, retrieve
-from .cache import cache_root
-from .data import labelled_mask
-from .schema import NEW_INDIVIDUAL
-from .splits import hide_answers, open_set_split
-
-PIPELINES = ("global", "reranked", "fused")  # names used in metrics.json, as each stage exists
-
-
-def embed_frame(df: pd.DataFrame, conf: dict) -> np.ndarray:
-    """[len(df), D] float32 embeddings of ``df.filepath``, row-aligned with ``df``, through the cache."""
-    return embed.embed_paths(df["filepath"].tolist(), conf["embed"], cache_root(conf["cache"]))
+from .. import metrics, openset, retrieve
+from ..schema import NEW_INDIVIDUAL
+from .local import refine
 
 
 def final_pipeline(conf: dict) -> str:
@@ -46,9 +40,7 @@ def match(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.ndarr
     """
     scores = {"global": retrieve.similarity(emb_q, emb_db)}
     if conf["rerank"].get("enabled"):
-        from . import rerank
-
-        scores.update(rerank.refine(scores["global"], db, q, emb_db, conf))
+        scores.update(refine(scores["global"], db, q, emb_db, conf))
     return {name: _evidence(s, db, conf) for name, s in scores.items()}
 
 
@@ -90,7 +82,7 @@ def _mix_query_fraction(part: pd.DataFrame, emb_db: np.ndarray, emb_q: np.ndarra
     return share, openset.matched_query_fraction(share, int(new.sum()), n_known_images, qf)
 
 
-def calibrate_thresholds(db: pd.DataFrame, emb_db: np.ndarray, conf: dict, q: pd.DataFrame | None = None,
+def fit_decisions(db: pd.DataFrame, emb_db: np.ndarray, conf: dict, q: pd.DataFrame | None = None,
                          emb_q: np.ndarray | None = None) -> dict[str, dict[str, dict]]:
     """Per dataset and pipeline: the open-set scorer and tau, chosen on held-out open-set splits of the
     database (openset.calibration_splits). Query labels are never looked at; the unlabelled queries ``q``
@@ -99,7 +91,7 @@ def calibrate_thresholds(db: pd.DataFrame, emb_db: np.ndarray, conf: dict, q: pd
 
     Returns {dataset: {pipeline: {"tau", "heldout_score" (cross-validated), "candidate", "scorer"
     (openset.Scorer), "n_unknown", "n_known" (held-out query images, all splits), "n_splits",
-    "unknown_share" (estimate for the real queries), "query_fraction", "calibration" (openset.calibrate)}}}.
+    "unknown_share" (estimate for the real queries), "query_fraction", "calibration" (openset.fit_decision)}}}.
     """
     oc = conf["openset"]
     pipes = _pipelines(conf)
@@ -140,7 +132,7 @@ def calibrate_thresholds(db: pd.DataFrame, emb_db: np.ndarray, conf: dict, q: pd
         out[name] = {}
         for pipe in pipes:
             feats = {f: np.concatenate(v) for f, v in pooled[pipe].items() if f != "_correct"}
-            cal = openset.calibrate(feats, np.concatenate(pooled[pipe]["_correct"]), unknown, identity, group, oc)
+            cal = openset.fit_decision(feats, np.concatenate(pooled[pipe]["_correct"]), unknown, identity, group, oc)
             out[name][pipe] = {"tau": cal["tau"], "heldout_score": cal["heldout_score"],
                                "candidate": cal["candidate"], "scorer": cal["scorer"],
                                "n_unknown": int(unknown.sum()), "n_known": int((~unknown).sum()),
@@ -154,10 +146,10 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.nd
     """Predictions ``image_id,identity`` for every query row (in ``q`` order), per pipeline, and details.
 
     db, emb_db: the labelled images and their [N, D] embeddings; q, emb_q: the queries and [Q, D].
-    Returns ({pipeline: predictions}, {dataset: {pipeline: {**calibrate_thresholds' entry, "evidence",
+    Returns ({pipeline: predictions}, {dataset: {pipeline: {**fit_decisions' entry, "evidence",
     "query_index" [Q_d] (q's index), "features" {name: [Q_d]}, "openset_score" [Q_d]}}}).
     """
-    thresholds = calibrate_thresholds(db, emb_db, conf, q, emb_q)
+    thresholds = fit_decisions(db, emb_db, conf, q, emb_q)
     pipes = _pipelines(conf)
     preds = {p: pd.Series(NEW_INDIVIDUAL, index=q.index, dtype=object) for p in pipes}
     details: dict[str, dict] = {}
@@ -184,31 +176,14 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.nd
     return out, details
 
 
-def run_submission(meta: pd.DataFrame, conf: dict) -> tuple[pd.DataFrame, dict]:
-    """Predictions for a competition read by data.read_competition (2025 layout)."""
-    emb = embed_frame(meta, conf)
-    lab = labelled_mask(meta)
-    db, q = meta[lab].reset_index(drop=True), meta[~lab].reset_index(drop=True)
-    preds, details = identify(db, q, emb[lab], emb[~lab], conf)
-    final = final_pipeline(conf)
-    return preds[final], {name: d.get(final, {}) for name, d in details.items()}
+def validate_identification(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFrame, emb: np.ndarray, conf: dict
+                            ) -> tuple[dict, dict]:
+    """Metrics of ``identify`` on the held-out queries ``q`` against ``db``: {dataset: {pipeline: {metric: value}}}.
 
-
-def run_validation(meta: pd.DataFrame, conf: dict) -> tuple[dict, dict]:
-    """Metrics on an open-set split of the labelled rows: {dataset: {pipeline: {metric: value}}}.
-
-    The split's queries lose their labels before the pipeline sees them; the answer key is used only here,
-    to score. Returns (metrics, details) where details holds per-dataset thresholds and evidence.
+    ``db``/``q`` (column ``_row`` indexes ``emb: [N, D]``) and ``solution`` (the answer key, used only here, to
+    score) come from the validation split. Returns (metrics, {"details", "solution", "predictions"}).
     """
-    from . import metrics
-
-    vc = conf["validate"]
-    lab = meta[labelled_mask(meta)].reset_index(drop=True)
-    emb_all = embed_frame(lab, conf)
-    split = open_set_split(lab.assign(_row=np.arange(len(lab))), n_unknown=vc["n_unknown"],
-                           query_fraction=vc["query_fraction"], seed=vc["seed"])
-    db, q, solution = hide_answers(split)
-    preds, details = identify(db, q, emb_all[db["_row"]], emb_all[q["_row"]], conf)
+    preds, details = identify(db, q, emb[db["_row"]], emb[q["_row"]], conf)
     result: dict[str, dict] = {}
     for pipe, pred in preds.items():
         _, table = metrics.score_2025(solution, pred)

@@ -1,0 +1,240 @@
+"""Pair features of test photos and the logistic pair model that turns them into P(same individual).
+
+P(same individual) of two photos comes from a logistic model over pair features: their cosine (optionally
+isotonic-calibrated first), the same cosine read against both photos' neighbourhoods (``csls``, ``rank``: a photo
+close to everything is discounted), how much they both match one TRAIN identity (``via``: sum over identities X of
+P(i is X) P(j is X), so two photos of opposite flanks still link through an individual whose both flanks are in
+train), how confidently both are known at all (``both_known``; with ``via`` low that says "two different known
+individuals"), opposite flanks, and optionally a local-feature score (a ``LocalFn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import csr_matrix
+from scipy.special import expit, logit
+
+from ..calibration import fit_calibrator
+from ..errors import ConfigError
+from ..retrieve import identity_scores, similarity
+from ..schema import flank
+
+
+DIRECT_FEATURES = ("cos", "opposite", "cos_opposite")  # need no training identities
+
+
+NEIGHBOUR_FEATURES = ("csls", "rank")  # with cluster.neighbours > 0
+
+
+LINK_FEATURES = ("via", "both_known")  # need training identities
+
+
+LOCAL_FEATURES = ("local", "local_missing")  # need a local_fn
+
+
+# Known direction of a feature's effect on P(same): +1 more means same, -1 less; a fitted coefficient of the other
+# sign (small held-out sets) drops the feature. Unlisted features may go either way.
+SIGNS = {"cos": 1, "csls": 1, "rank": -1, "via": 1, "local": 1}
+
+
+_EPS = 1e-4
+
+
+# A local scorer: (frame of m images with filepath/orientation, their [m, D] embeddings) -> [m, m] float32 local
+# match score, NaN where a pair was not matched. kit.pipeline builds one from kit.rerank when re-ranking is on.
+LocalFn = Callable[[pd.DataFrame, np.ndarray], np.ndarray]
+
+
+@dataclass
+class TrainLinker:
+    """Links test images through the TRAIN identities they match.
+
+    ``p(i is X)`` = isotonic calibration of the best cosine between image i and identity X's train photos, fitted
+    on held-out (pseudo-test image, pseudo-train identity) pairs. Only each image's ``topk`` identities are kept.
+    """
+
+    calibrator: object  # sklearn IsotonicRegression: best cosine to an identity -> P(image is that identity)
+    topk: int = 3  # identities kept per image
+
+    def memberships(self, emb: np.ndarray, emb_train: np.ndarray, train_labels: np.ndarray) -> csr_matrix:
+        """``[M, I]`` sparse P(image i is train identity X), rows summing to at most 1."""
+        _, id_scores = identity_scores(similarity(emb, emb_train), train_labels, "max")  # [M, I]
+        k = min(self.topk, id_scores.shape[1])
+        top = np.argpartition(-id_scores, k - 1, axis=1)[:, :k]  # [M, k]
+        p = self.calibrator.predict(np.take_along_axis(id_scores, top, 1).ravel()).reshape(top.shape)
+        p = p / np.maximum(1.0, p.sum(1, keepdims=True))  # an image is at most one identity
+        rows = np.repeat(np.arange(len(emb)), k)
+        return csr_matrix((p.ravel(), (rows, top.ravel())), shape=id_scores.shape)
+
+
+def fit_linker(id_scores: np.ndarray, same: np.ndarray, topk: int = 3) -> TrainLinker | None:
+    """A TrainLinker from labelled (image, identity) pairs: ``id_scores: [P]`` best cosine, ``same: [P] bool``.
+    None when the pairs hold only one kind (no held-out image of a known identity, or no identity at all)."""
+    same = np.asarray(same, bool)
+    if same.all() or not same.any():
+        return None
+    return TrainLinker(fit_calibrator(id_scores, same, "isotonic"), topk)
+
+
+def _linker_pairs(emb: np.ndarray, truth: np.ndarray, emb_train: np.ndarray, train_labels: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(best cosine [M * I], same [M * I]) for every (held-out image, pseudo-train identity)."""
+    ids, id_scores = identity_scores(similarity(emb, emb_train), train_labels, "max")
+    same = np.asarray(truth, dtype=object)[:, None] == ids[None, :]
+    return id_scores.ravel(), same.ravel()
+
+
+def neighbour_features(cos: np.ndarray, k: int, emb: np.ndarray | None = None,
+                       emb_pool: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Features that read a pair's cosine against both photos' neighbourhoods (hubness correction).
+
+    ``cos: [M, M]`` cosine among the photos; ``emb_pool: [N, D]`` optional extra photos (train) that join the
+    neighbourhoods (with ``emb: [M, D]``). ``csls`` = cos - (r_i + r_j) / 2, r_i the mean cosine of photo i's ``k``
+    nearest other photos (CSLS: a photo close to everything is discounted); ``rank`` = log1p of the larger of
+    the two ranks (0 = nearest) of each photo in the other's list among the M photos (mutual-neighbour evidence).
+    """
+    m = len(cos)
+    work = cos.copy()
+    np.fill_diagonal(work, -np.inf)
+    if emb_pool is not None and len(emb_pool):
+        work = np.concatenate([work, np.asarray(emb, np.float32) @ np.asarray(emb_pool, np.float32).T], 1)
+    kk = max(1, min(k, work.shape[1] - 1))
+    r = -np.partition(-work, kk - 1, axis=1)[:, :kk].mean(1) if work.shape[1] > 1 else np.zeros(m, np.float32)
+    r = np.where(np.isfinite(r), r, 0).astype(np.float32)
+    csls = cos - (r[:, None] + r[None, :]) / 2
+    order = np.argsort(-work[:, :m], axis=1, kind="stable")
+    rank = np.empty((m, m), np.float32)
+    np.put_along_axis(rank, order, np.arange(m, dtype=np.float32)[None, :].repeat(m, 0), 1)
+    rank = np.log1p(np.maximum(rank, rank.T))
+    np.fill_diagonal(rank, 0.0)
+    return {"csls": csls.astype(np.float32), "rank": rank}
+
+
+def pair_features(emb: np.ndarray, orientation=None, *, memberships: csr_matrix | None = None,
+                  local: np.ndarray | None = None, neighbours: int = 0,
+                  emb_pool: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Pair features of M images, each ``[M, M] float32`` and symmetric.
+
+    ``emb: [M, D]`` L2-normalised; ``orientation: [M]`` (None = unknown); ``memberships: [M, I]`` from
+    TrainLinker.memberships (adds ``via``, ``both_known``); ``local: [M, M]`` local scores, NaN = not matched
+    (adds ``local`` = log1p(score), 0 where missing, and ``local_missing``); ``neighbours > 0`` adds
+    ``csls`` and ``rank`` (neighbour_features; ``emb_pool: [N, D]`` train photos join the neighbourhoods).
+    """
+    emb = np.ascontiguousarray(emb, np.float32)
+    m = len(emb)
+    feats = {"cos": emb @ emb.T}
+    if neighbours > 0:
+        feats.update(neighbour_features(feats["cos"], neighbours, emb, emb_pool))
+    side = flank(orientation) if orientation is not None else np.zeros(m, np.int8)
+    opp = ((side[:, None] > 0) & (side[None, :] > 0) & (side[:, None] != side[None, :])).astype(np.float32)
+    feats["opposite"] = opp
+    feats["cos_opposite"] = feats["cos"] * opp
+    if memberships is not None:
+        feats["via"] = np.minimum(1.0, (memberships @ memberships.T).toarray()).astype(np.float32)
+        known = np.minimum(1.0, np.asarray(memberships.sum(1)).ravel()).astype(np.float32)
+        feats["both_known"] = np.outer(known, known)
+    if local is not None:
+        local = np.asarray(local, np.float32)
+        if local.shape != (m, m):
+            raise ValueError(f"local scores must be [{m}, {m}], got {local.shape}")
+        missing = ~np.isfinite(local)
+        feats["local"] = np.where(missing, 0.0, np.log1p(np.maximum(local, 0))).astype(np.float32)
+        feats["local_missing"] = missing.astype(np.float32)
+    return feats
+
+
+@dataclass
+class PairModel:
+    """P(same individual) = sigmoid(w . standardised features + b), fitted on held-out labelled pairs.
+
+    With ``cos_calibrator`` (isotonic), the cosine enters as the logit of its calibrated probability.
+    """
+
+    features: tuple[str, ...]  # names of the pair features, in coefficient order
+    mean: np.ndarray  # [F] feature means of the fitting pairs
+    scale: np.ndarray  # [F] feature standard deviations (1 where constant)
+    coef: np.ndarray  # [F] logistic coefficients on standardised features
+    intercept: float
+    cos_calibrator: object | None = None  # isotonic cosine -> P(same), or None (raw cosine)
+
+    def _column(self, feats: dict, name: str) -> np.ndarray:
+        x = feats[name]
+        if name == "cos" and self.cos_calibrator is not None:
+            p = self.cos_calibrator.predict(x.ravel().astype(np.float64)).reshape(x.shape)
+            x = logit(np.clip(p, _EPS, 1 - _EPS)) + 1e-3 * x  # the small cosine term breaks isotonic ties
+        return x
+
+    def predict(self, feats: dict[str, np.ndarray], shift: float = 0.0) -> np.ndarray:
+        """``[M, M] float32`` P(same individual) from ``pair_features`` output (diagonal set to 1); ``shift`` is
+        added to the logit (a prior correction)."""
+        z = None
+        for f, name in enumerate(self.features):
+            weight = np.float32(self.coef[f] / self.scale[f])
+            term = (self._column(feats, name).astype(np.float32) - self.mean[f]) * weight
+            z = term if z is None else z + term
+        prob = expit(z + np.float32(self.intercept + shift)).astype(np.float32)
+        np.fill_diagonal(prob, 1.0)
+        return prob
+
+    def describe(self) -> dict[str, float]:
+        """{feature: coefficient on the standardised feature, "intercept": b} (for reports)."""
+        return {**{n: float(c) for n, c in zip(self.features, self.coef)}, "intercept": float(self.intercept)}
+
+
+def _upper(x: np.ndarray) -> np.ndarray:
+    return x[np.triu_indices(len(x), 1)]
+
+
+def fit_pair_model(folds: list[dict], features: tuple[str, ...], calibration: str = "logistic",
+                   max_pairs: int = 2_000_000, seed: int = 0) -> PairModel:
+    """Fit a PairModel on the pairs of held-out folds (``{"feats": {name: [m, m]}, "truth": [m]}`` each).
+
+    Pairs are sampled uniformly down to ``max_pairs`` (keeping the share of same-individual pairs).
+    Raises ValueError when the folds hold no same-individual pair or no different pair.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if calibration not in ("logistic", "isotonic"):
+        raise ConfigError(f"cluster.calibration={calibration!r}: choose logistic or isotonic")
+    cols = {n: [] for n in features}
+    same = []
+    for fold in folds:
+        t = np.asarray(fold["truth"], dtype=object)
+        same.append(_upper(t[:, None] == t[None, :]))
+        for n in features:
+            cols[n].append(_upper(fold["feats"][n]))
+    y = np.concatenate(same) if same else np.zeros(0, bool)
+    if y.all() or not y.any():
+        raise ValueError("held-out folds need both same-individual and different pairs to fit the pair model")
+    keep = np.arange(len(y))
+    if len(y) > max_pairs:
+        keep = np.sort(np.random.default_rng(seed).choice(len(y), max_pairs, replace=False))
+    y = y[keep]
+    x = np.stack([np.concatenate(cols[n])[keep] for n in features], 1).astype(np.float64)  # [P, F]
+    cos_cal = None
+    if calibration == "isotonic":
+        c = features.index("cos")
+        cos_cal = fit_calibrator(x[:, c], y, "isotonic")
+        x[:, c] = logit(np.clip(cos_cal.predict(x[:, c]), _EPS, 1 - _EPS)) + 1e-3 * x[:, c]
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-12] = 1.0
+    z = (x - mean) / scale
+    active = np.ones(len(features), bool)
+    while True:  # a feature whose coefficient comes out against its known direction is noise here: drop, refit
+        lr = LogisticRegression(C=1.0, max_iter=1000).fit(z[:, active], y)
+        coef = np.zeros(len(features))
+        coef[active] = lr.coef_[0]
+        wrong = [f for f, n in enumerate(features) if active[f] and SIGNS.get(n, 0) * coef[f] < 0]
+        if not wrong:
+            break
+        active[wrong] = False
+        if not active.any():  # nothing left with the right sign: a constant model (P = share of same pairs)
+            coef = np.zeros(len(features))
+            lr = None
+            break
+    intercept = float(lr.intercept_[0]) if lr is not None else float(logit(np.clip(y.mean(), _EPS, 1 - _EPS)))
+    return PairModel(tuple(features), mean.astype(np.float32), scale.astype(np.float32), coef, intercept, cos_cal)

@@ -1,0 +1,326 @@
+"""Fitting a dataset's clustering on held-out TRAIN identities, and clustering its test photos with it.
+
+Everything is fitted on held-out splits of the TRAIN identities (splits.open_set_split: whole identities hidden, as
+the test's new individuals are, plus some photos of the others), never on test photos: the train linker, the pair
+model, and the method and cut that score the best held-out ARI (``cluster.method`` / ``cluster.cut`` "auto").
+A dataset with few held-out photos leans on the other datasets' pooled ARI curves to choose its cut. A dataset
+without training identities (TexasHornedLizards) borrows a pair model, method and cut fitted on the other
+datasets, and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+from ..schema import cluster_label
+from ..splits import open_set_split
+from .features import (DIRECT_FEATURES, LINK_FEATURES, LOCAL_FEATURES, NEIGHBOUR_FEATURES, LocalFn, PairModel,
+                       TrainLinker, _linker_pairs, fit_linker, fit_pair_model, pair_features)
+from .linkage import CUT_GRID, ari_curve, cluster_matrix
+
+
+METHODS = ("average", "complete", "components")  # what method="auto" chooses among (average first: the default)
+
+
+AUTO_MARGIN = 0.01  # method="auto": another method replaces average linkage only with a held-out ARI this much higher
+
+
+def _orientation(frame: pd.DataFrame):
+    return frame["orientation"].to_numpy() if "orientation" in frame.columns else None
+
+
+def heldout_folds(train: pd.DataFrame, emb_train: np.ndarray, cc: dict, local_fn: LocalFn | None = None
+                  ) -> list[dict]:
+    """Pseudo-test sets cut from one dataset's TRAIN rows, each clustered as the test will be.
+
+    ``train``: rows with ``identity`` (one dataset); ``emb_train: [N, D]``. Fold f is
+    ``open_set_split(unknown_fraction=heldout_unknown_fraction, query_fraction=heldout_query_fraction, seed=seed+f)``:
+    its queries (hidden identities' photos and some photos of the others) are the pseudo-test, its database the
+    pseudo-train. Returns a list of {"emb", "truth", "orientation", "local", "emb_gallery", "gallery_labels"};
+    folds whose pseudo-test has no two photos of one individual are dropped (they cannot rank cuts).
+    """
+    frame = train.reset_index(drop=True).assign(_row=np.arange(len(train)))
+    folds = []
+    for f in range(int(cc["heldout_folds"])):
+        split = open_set_split(frame, unknown_fraction=cc["heldout_unknown_fraction"],
+                               query_fraction=cc["heldout_query_fraction"], seed=int(cc["seed"]) + f)
+        test = split[split["split"] == "query"]
+        gal = split[split["split"] == "database"]
+        if len(test) < 2 or not test["identity"].duplicated().any():
+            continue
+        emb_t = emb_train[test["_row"].to_numpy()]
+        folds.append({
+            "emb": emb_t, "truth": test["identity"].to_numpy(dtype=object), "orientation": _orientation(test),
+            "local": local_fn(test, emb_t) if local_fn is not None else None,
+            "emb_gallery": emb_train[gal["_row"].to_numpy()], "gallery_labels": gal["identity"].to_numpy(dtype=object),
+        })
+    return folds
+
+
+@dataclass
+class ClusterModel:
+    """Everything fitted for one dataset: how to score pairs, and how to cut."""
+
+    pair_model: PairModel
+    method: str  # "average" | "complete" | "components"
+    cut: float  # P(same) a merge needs
+    edge_cut: float | None  # components only: P(same) an edge needs
+    linker: TrainLinker | None  # None: no train links (disabled, no train, or nothing to calibrate)
+    heldout: dict = field(default_factory=dict)  # {method: mean held-out ARI at its best cut}
+    note: str = ""  # how the model was obtained when it is not the dataset's own (fallback)
+    neighbours: int = 0  # k of the neighbour features (csls, rank); 0 = none
+    train_pool: bool = False  # train photos join the neighbourhoods (as they did when the model was fitted)
+
+    def details(self) -> dict:
+        return {"method": self.method, "cut": self.cut, "edge_cut": self.edge_cut,
+                "heldout_ARI": self.heldout.get(self.method, float("nan")), "heldout_by_method": dict(self.heldout),
+                "train_links": self.linker is not None, "pair_model": self.pair_model.describe(),
+                **({"note": self.note} if self.note else {})}
+
+
+def _feature_names(links: bool, local: bool, neighbours: int) -> tuple[str, ...]:
+    return (DIRECT_FEATURES + (NEIGHBOUR_FEATURES if neighbours > 0 else ()) + (LINK_FEATURES if links else ())
+            + (LOCAL_FEATURES if local else ()))
+
+
+def _methods(cc: dict) -> list[str]:
+    method = cc["method"]
+    if method == "auto":
+        return list(METHODS)
+    if method not in METHODS + ("single",):
+        raise ConfigError(f"cluster.method={method!r}: choose auto, {', '.join(METHODS)} or single")
+    return [method]
+
+
+def method_curves(probs: list[np.ndarray], truths: list[np.ndarray], cc: dict) -> dict[str, dict]:
+    """Mean held-out ARI over folds for every method and cut: {method: {"cuts": [C], "edges": [E] | None,
+    "ari": [C] or [E, C] (components; NaN where the cut exceeds the edge cut)}}. Fixed cut/edge_cut in the config
+    leave a grid of one."""
+    cuts = CUT_GRID if cc["cut"] == "auto" else np.array([float(cc["cut"])])
+    out = {}
+    for method in _methods(cc):
+        edges = None
+        if method == "components":
+            edges = CUT_GRID[::2] if cc["edge_cut"] == "auto" else np.array([float(cc["edge_cut"])])  # coarser
+        curves = [ari_curve(p, t, method, cuts, edges) for p, t in zip(probs, truths)]
+        out[method] = {"cuts": cuts, "edges": edges, "ari": np.mean(np.stack(curves), 0)}  # same NaN cells per fold
+    return out
+
+
+def pooled_curves(curves_by_dataset: dict[str, dict], weights: dict[str, float]) -> dict[str, dict]:
+    """Weighted mean of several datasets' method_curves (weights: their held-out photo counts)."""
+    names = [n for n in curves_by_dataset if weights.get(n, 0) > 0]
+    if not names:
+        return {}
+    total = sum(weights[n] for n in names)
+    out = {}
+    for method, first in curves_by_dataset[names[0]].items():
+        ari = sum(weights[n] * curves_by_dataset[n][method]["ari"] for n in names) / total
+        out[method] = {**first, "ari": ari}
+    return out
+
+
+def choose_cut(curves: dict[str, dict], prior: dict[str, dict] | None = None, weight: float = 1.0
+               ) -> tuple[str, float, float | None, dict]:
+    """(method, cut, edge_cut, {method: held-out ARI}) maximising held-out ARI.
+
+    With ``prior`` (pooled curves of other datasets) the curve used is ``weight * own + (1 - weight) * prior``:
+    a dataset with few held-out photos leans on the pooled evidence. A 1-D curve is smoothed over neighbouring cuts
+    (3-point mean) before its argmax, so the cut sits in a good plateau, not on a lucky spike. method "auto":
+    average linkage is kept unless another method is better by AUTO_MARGIN. The reported ARI is the dataset's own.
+    """
+    best, scores = None, {}
+    for method, cv in curves.items():
+        mix = cv["ari"] if not prior else weight * cv["ari"] + (1 - weight) * prior[method]["ari"]
+        if method == "components":
+            filled = np.where(np.isnan(mix), -np.inf, mix)
+            e, c = np.unravel_index(np.argmax(filled), filled.shape)
+            cut, edge, own = float(cv["cuts"][c]), float(cv["edges"][e]), float(cv["ari"][e, c])
+        else:
+            padded = np.r_[mix[0], mix, mix[-1]]
+            c = int(np.argmax((padded[:-2] + padded[1:-1] + padded[2:]) / 3))
+            cut, edge, own = float(cv["cuts"][c]), None, float(cv["ari"][c])
+        used = float(mix[e, c]) if method == "components" else float(mix[c])
+        scores[method] = own
+        if best is None or used > best[4] + (AUTO_MARGIN if best[0] == "average" else 1e-12):
+            best = (method, cut, edge, own, used)
+    return best[0], best[1], best[2], scores
+
+
+@dataclass
+class HeldoutFit:
+    """A dataset's fitted pair model with its held-out curves, before method and cut are chosen."""
+
+    model: ClusterModel
+    curves: dict
+    n_photos: int  # pseudo-test photos over all folds (the weight of its own evidence)
+
+
+def _fit_heldout(folds: list[dict], cc: dict, links: bool = True, pool: bool = True, note: str = ""
+                 ) -> HeldoutFit:
+    if not folds:
+        raise ValueError("no held-out fold with two photos of one individual")
+    k = int(cc["neighbours"])
+    linker = None
+    if links and cc["train_links"]:
+        pairs = [_linker_pairs(f["emb"], f["truth"], f["emb_gallery"], f["gallery_labels"])
+                 for f in folds if len(f["gallery_labels"])]
+        if pairs:
+            linker = fit_linker(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]),
+                                int(cc["link_topk"]))
+    has_local = all(f["local"] is not None for f in folds)
+    feats = []
+    for f in folds:
+        mem = None
+        if linker is not None and len(f["gallery_labels"]):
+            mem = linker.memberships(f["emb"], f["emb_gallery"], f["gallery_labels"])
+        feats.append(pair_features(f["emb"], f["orientation"], memberships=mem, local=f["local"], neighbours=k,
+                                   emb_pool=f["emb_gallery"] if pool else None))
+    truths = [f["truth"] for f in folds]
+    pm = fit_pair_model([{"feats": x, "truth": t} for x, t in zip(feats, truths)],
+                        _feature_names(linker is not None, has_local, k), cc["calibration"], int(cc["max_pairs"]),
+                        int(cc["seed"]))
+    probs = [pm.predict(x) for x in feats]
+    sizes = [len(t) for t in truths]
+    model = ClusterModel(pm, "average", 0.5, None, linker, {}, note=note, neighbours=k, train_pool=pool)
+    return HeldoutFit(model, method_curves(probs, truths, cc), int(sum(sizes)))
+
+
+def _choose_method(fit: HeldoutFit, prior: dict | None, cc: dict) -> ClusterModel:
+    w = 1.0
+    if prior:
+        w = fit.n_photos / (fit.n_photos + float(cc["cut_prior_photos"]))
+    method, cut, edge, scores = choose_cut(fit.curves, prior, w)
+    m = fit.model
+    m.method, m.cut, m.edge_cut, m.heldout = method, cut, edge, scores
+    return m
+
+
+def fit_cluster_model(folds: list[dict], cc: dict, prior: dict | None = None) -> ClusterModel:
+    """Fit the train linker and the pair model on one dataset's held-out folds, and choose method and cut
+    (leaning on ``prior``, pooled curves of other datasets, when given). Raises ValueError when the folds cannot
+    fit a model (no fold, or no same-individual pair at all)."""
+    return _choose_method(_fit_heldout(folds, cc), prior, cc)
+
+
+def fit_fallback_model(folds_by_dataset: dict[str, list[dict]], cc: dict) -> ClusterModel | None:
+    """A model for a dataset with no training identities: pair model on test-test features only (no train
+    links, no train photos in the neighbourhoods), fitted on the pooled held-out folds of the other datasets, with
+    the method and cut that maximise their mean held-out ARI. None when no other dataset has usable folds."""
+    folds = [f for fs in folds_by_dataset.values() for f in fs]
+    names = ", ".join(sorted(folds_by_dataset))
+    try:
+        fit = _fit_heldout(folds, cc, links=False, pool=False,
+                           note=f"no training identities: pair model, method and cut fitted on {names} (fallback)")
+    except ValueError:
+        return None
+    return _choose_method(fit, None, cc)
+
+
+def predict_clusters(model: ClusterModel, emb: np.ndarray, orientation=None, *, emb_train: np.ndarray | None = None,
+                     train_labels: np.ndarray | None = None, local: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster M images of one dataset with a fitted model.
+
+    ``emb: [M, D]``; ``emb_train: [N, D]`` and ``train_labels: [N]`` are the gallery of train links (used when
+    the model has a linker). Returns (``labels: [M] int64``, ``prob: [M, M] float32``).
+    """
+    mem = None
+    if model.linker is not None and emb_train is not None and len(emb_train):
+        mem = model.linker.memberships(emb, emb_train, np.asarray(train_labels, dtype=object))
+    if "local" not in model.pair_model.features:
+        local = None
+    pool = emb_train if model.train_pool else None
+    feats = pair_features(emb, orientation, memberships=mem, local=local, neighbours=model.neighbours, emb_pool=pool)
+    if "via" in model.pair_model.features and "via" not in feats:
+        raise ValueError("the model uses train links but no training gallery was given")
+    prob = model.pair_model.predict(feats)
+    del feats
+    return cluster_matrix(prob, model.method, model.cut, model.edge_cut), prob
+
+
+class _CosineModel(PairModel):
+    """(cosine + 1) / 2 as the pair 'probability' (no labelled pair to fit anything on)."""
+
+    def predict(self, feats: dict[str, np.ndarray], shift: float = 0.0) -> np.ndarray:
+        prob = np.clip((feats["cos"] + 1) / 2, 0, 1).astype(np.float32)
+        np.fill_diagonal(prob, 1.0)
+        return prob
+
+
+def _no_train_model(cc: dict) -> ClusterModel:
+    """Last resort when no dataset has training identities: average linkage on (cosine + 1) / 2 at
+    cluster.fallback_cut (a cosine)."""
+    c = float(cc["fallback_cut"])
+    pm = _CosineModel(("cos",), np.zeros(1, np.float32), np.ones(1, np.float32), np.ones(1), 0.0)
+    return ClusterModel(pm, "average", (c + 1) / 2, None, None, {},
+                        note=f"no training identities in any dataset: average linkage at cosine {c} "
+                             "(cluster.fallback_cut)")
+
+
+def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.DataFrame, emb_test: np.ndarray,
+                        cc: dict, local_fn: LocalFn | None = None, verbose: bool = True
+                        ) -> tuple[np.ndarray, dict]:
+    """Cluster every dataset's test images.
+
+    ``train``: labelled rows (identity, dataset, orientation), ``emb_train: [N, D]``; ``test``: rows to cluster
+    (dataset, orientation), ``emb_test: [M, D]``; both L2-normalised, row-aligned with their frames.
+    Returns (``labels: [M] object``, each ``cluster_<dataset>_<k>``, in ``test`` row order;
+    ``{dataset: details}`` with method, cut, held-out ARI, n_clusters, n_images, and a note on fallbacks).
+    """
+    train = train.reset_index(drop=True)
+    test = test.reset_index(drop=True)
+    if len(train) != len(emb_train) or len(test) != len(emb_test):
+        raise ValueError("frames and embeddings must be row-aligned")
+    folds_by_ds: dict[str, list[dict]] = {}
+
+    def folds_of(name: str) -> list[dict]:
+        if name not in folds_by_ds:
+            rows = np.flatnonzero((train["dataset"] == name).to_numpy())
+            folds_by_ds[name] = heldout_folds(train.iloc[rows], emb_train[rows], cc, local_fn) if len(rows) else []
+        return folds_by_ds[name]
+
+    fits = {}
+    for name in sorted(test["dataset"].unique()):
+        try:
+            fits[name] = _fit_heldout(folds_of(name), cc)
+        except ValueError:  # no usable fold: too few identities, or no individual with two photos
+            pass
+    models, details = {}, {}
+    for name, fit in fits.items():  # each dataset's cut leans on the others' curves as much as it lacks photos
+        others = {d: st.curves for d, st in fits.items() if d != name}
+        prior = pooled_curves(others, {d: fits[d].n_photos for d in others}) if cc["cut_prior_photos"] else None
+        models[name] = _choose_method(fit, prior, cc)
+    fallback = None
+    labels = np.empty(len(test), dtype=object)
+    for name in sorted(test["dataset"].unique()):
+        qrows = np.flatnonzero((test["dataset"] == name).to_numpy())
+        trows = np.flatnonzero((train["dataset"] == name).to_numpy())
+        model = models.get(name)
+        if model is None:
+            if fallback is None:
+                usable = {d: folds_of(d) for d in sorted(train["dataset"].unique())}
+                fallback = fit_fallback_model({d: f for d, f in usable.items() if f}, cc) or _no_train_model(cc)
+            model = fallback
+            why = "no training identities" if len(trows) == 0 else "too few training identities to hold out"
+            model_note = model.note.replace("no training identities", why, 1)
+            if verbose:
+                print(f"{name}: {model_note}")
+        else:
+            model_note = ""
+        sub = test.iloc[qrows]
+        local = None
+        if local_fn is not None and "local" in model.pair_model.features:
+            local = local_fn(sub, emb_test[qrows])
+        lab, _ = predict_clusters(model, emb_test[qrows], _orientation(sub), emb_train=emb_train[trows],
+                                  train_labels=train["identity"].to_numpy(dtype=object)[trows], local=local)
+        labels[qrows] = [cluster_label(name, k) for k in lab]
+        det = model.details()
+        if model_note:
+            det["note"] = model_note
+        details[name] = {**det, "n_clusters": int(len(np.unique(lab))), "n_images": int(len(qrows))}
+    return labels, details

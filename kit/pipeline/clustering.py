@@ -1,0 +1,52 @@
+"""The 2026 task wired: cluster each dataset's test photos (kit.cluster), for submission and for validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics
+from ..cluster import ari, cluster_competition
+from .local import cluster_local_fn
+
+
+def submit_clustering(meta: pd.DataFrame, emb: np.ndarray, lab: np.ndarray, conf: dict, verbose: bool = True
+                      ) -> tuple[pd.DataFrame, dict]:
+    """``image_id,cluster`` for every test row (metadata order), and per-dataset details.
+
+    ``emb: [len(meta), D]`` embeddings row-aligned with ``meta``; ``lab: [len(meta)] bool`` the train rows.
+    """
+    labels, details = cluster_competition(meta[lab], emb[lab], meta[~lab], emb[~lab], conf["cluster"],
+                                          cluster_local_fn(conf), verbose)
+    return pd.DataFrame({"image_id": meta.loc[~lab, "image_id"].to_numpy(), "cluster": labels}), details
+
+
+def validate_clustering(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFrame, emb: np.ndarray, conf: dict,
+                        verbose: bool = True) -> tuple[dict, dict]:
+    """ARI of clustering the held-out queries ``q`` with ``db`` as the train identities: {dataset: metrics}.
+
+    ``db``/``q`` (column ``_row`` indexes ``emb: [N, D]``) and ``solution`` come from the validation split. With
+    two or more datasets, ``ARI_fallback`` scores each one with the model fitted on the OTHER datasets only: the
+    estimate for a dataset without training identities. The result also holds "mean" (ARI over datasets).
+    """
+    cc, local_fn = conf["cluster"], cluster_local_fn(conf)
+    labels, details = cluster_competition(db, emb[db["_row"]], q, emb[q["_row"]], cc, local_fn, verbose)
+    sub = pd.DataFrame({"image_id": q["image_id"].to_numpy(), "cluster": labels})
+    _, table = metrics.score_2026(solution[["image_id", "identity", "dataset"]], sub)
+    result: dict[str, dict] = {}
+    for name, row in table.iterrows():
+        det = details.get(name, {})
+        result[name] = {"ARI": float(row["ARI"]), "n_clusters": int(row["n_clusters"]),
+                        "n_identities": int(row["n_identities"]), "n_images": int(row["n_images"]),
+                        "method": det.get("method"), "cut": det.get("cut"), "heldout_ARI": det.get("heldout_ARI")}
+    names = sorted(table.index)
+    if len(names) >= 2:  # leave-one-dataset-out: how the no-train fallback would do on each dataset
+        for name in names:
+            others = db[db["dataset"] != name]
+            held = q["dataset"] == name
+            qa = q[held]
+            fl, _ = cluster_competition(others, emb[others["_row"]], qa, emb[qa["_row"]], cc, local_fn, False)
+            truth = solution.loc[held.to_numpy(), "identity"].to_numpy(dtype=object)
+            result[name]["ARI_fallback"] = float(ari(truth, fl))
+    result["mean"] = {"ARI": float(table["ARI"].mean())}
+    return result, {"details": details, "solution": solution, "predictions": sub}
