@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kit import metrics, openset  # noqa: E402
 from kit.config import load_config  # noqa: E402
 from kit.data import labelled_mask, read_competition, read_csv_str  # noqa: E402
-from kit.pipeline import embed_frame, match, submit, validate  # noqa: E402
+from kit import pipeline  # noqa: E402
+from kit.pipeline import embed_frame, match, submit  # noqa: E402
 from kit.report import openset_analysis  # noqa: E402
 from kit.splits import open_set_split  # noqa: E402
 
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     validate = []
     for seed in range(args.validate_seeds):
         vconf = load_config(None, args.set + [f"validate.seed={seed}"])
-        _, info = validate(meta, vconf)
+        _, info = pipeline.validate(meta, vconf)
         for name, pipes in openset_analysis(info["details"], info["solution"]).items():
             e = pipes["global"]
             validate.append({"seed": seed, "dataset": name, "candidate": e["candidate"],
