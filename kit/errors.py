@@ -21,9 +21,5 @@ class SubmissionError(KitError):
     """A submission file is malformed (the Kaggle metric's ParticipantVisibleError)."""
 
 
-class CacheError(KitError):
-    """A cache file is corrupt; callers recompute and warn."""
-
-
 class ConfigError(KitError):
     """A config file or a --set override is malformed."""

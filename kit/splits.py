@@ -34,16 +34,6 @@ def _known_queries(group: pd.DataFrame, query_fraction: float, rng: np.random.Ge
     return picked
 
 
-def closed_set_split(df: pd.DataFrame, query_fraction: float = 0.3, seed: int = 0) -> pd.DataFrame:
-    """Queries from every identity with >= 2 images; every query's identity stays in the database."""
-    out = df.copy()
-    out["split"] = "database"
-    out["new_identity"] = False
-    for name, group in out.groupby("dataset", sort=True):
-        out.loc[_known_queries(group, query_fraction, _rng(seed, name)), "split"] = "query"
-    return out
-
-
 def open_set_split(
     df: pd.DataFrame,
     n_unknown: int | None = None,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.splits import closed_set_split, hide_answers, open_set_split
+from kit.splits import hide_answers, open_set_split
 
 
 @st.composite
@@ -37,17 +37,6 @@ def test_open_set_split_properties(df, seed, n_unknown):
         assert len(part_db) > 0
     # deterministic by seed
     pd.testing.assert_frame_equal(s, open_set_split(df, n_unknown=n_unknown, seed=seed))
-
-
-@settings(max_examples=40, deadline=None)
-@given(labelled(), st.integers(0, 10_000))
-def test_closed_set_split_properties(df, seed):
-    s = closed_set_split(df, query_fraction=0.3, seed=seed)
-    q = s[s["split"] == "query"]
-    assert not s["new_identity"].any()
-    assert set(q["identity"]) <= set(s.loc[s["split"] == "database", "identity"])
-    counts = df["identity"].value_counts()
-    assert not set(q["identity"]) & set(counts[counts == 1].index)
 
 
 def test_open_set_unknown_size_and_cap():

