@@ -778,6 +778,8 @@ def rerank_pair_scores(conf: dict) -> LocalFn:
     re-ranker's local features + LightGlue and returns the ``rerank.local_score`` of each matched pair (NaN
     elsewhere), symmetrised by the max of both directions. Weights resolve now (WeightsError if missing)."""
     from . import rerank
+    from .cache import cache_root
+    from .retrieve import dedup_shortlist
 
     rc = rerank.rerank_conf(conf["rerank"])
     k = int(conf["cluster"]["rerank_topk"])
@@ -790,7 +792,7 @@ def rerank_pair_scores(conf: dict) -> LocalFn:
             return out
         sims = np.asarray(emb, np.float32) @ np.asarray(emb, np.float32).T  # [m, m]
         np.fill_diagonal(sims, -np.inf)
-        index = rerank.dedup_shortlist(sims, np.arange(m), min(k, m - 1), 0)  # [m, k]
+        index = dedup_shortlist(sims, np.arange(m), min(k, m - 1), 0)  # [m, k]
         mask = index >= 0
         if rc["skip_opposite_flanks"] and "orientation" in frame.columns:
             o = frame["orientation"].to_numpy()
@@ -801,7 +803,8 @@ def rerank_pair_scores(conf: dict) -> LocalFn:
         listed[rows[index >= 0], index[index >= 0]] = True
         mask &= ~((index < rows) & listed[np.clip(index, 0, None), rows])
         paths = frame["filepath"].tolist()
-        local = rerank.rerank_shortlist(paths, paths, index, rc, conf["cache"], pair_mask=mask, matcher=matcher)
+        local = rerank.rerank_shortlist(paths, paths, index, rc, cache_root(conf["cache"]), pair_mask=mask,
+                                        matcher=matcher)
         score = local[rc["local_score"]] if rc["local_score"] in local else local["n_matches"]
         ok = mask & np.isfinite(score)
         out[rows[ok], index[ok]] = score[ok]

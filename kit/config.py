@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "topm": 3,  # m for aggregate="topm"
     },
     "rerank": {
-        "enabled": False,  # true: re-rank the shortlist with local features + LightGlue (see kit/rerank.py)
+        "enabled": False,  # true: re-rank the shortlist with local features + LightGlue (see kit/rerank/)
         # local features: "aliked-n16" | "aliked-n16rot" (rotated species) | "aliked-n32" | "disk" |
         # "superpoint" (only with extractor_weights and matcher_weights: no SuperPoint weights ship offline)
         "extractor": "aliked-n16",

@@ -46,10 +46,33 @@ def match(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.ndarr
     """
     scores = {"global": retrieve.similarity(emb_q, emb_db)}
     if conf["rerank"].get("enabled"):
-        from . import rerank
-
-        scores.update(rerank.refine(scores["global"], db, q, emb_db, conf))
+        scores.update(_refine(scores["global"], db, q, emb_db, conf))
     return {name: _evidence(s, db, conf) for name, s in scores.items()}
+
+
+def _refine(global_scores: np.ndarray, db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray,
+            conf: dict) -> dict[str, np.ndarray]:
+    """Re-ranked and fused image scores for one dataset (kit.rerank.rerank_fuse, through the cache root).
+
+    ``global_scores: [Q, N] float32`` cosine of the queries ``q`` to the database ``db`` (frames with
+    ``filepath``, ``identity``, ``orientation``), ``emb_db: [N, D] float32``; ``conf`` the whole config.
+    Returns ``{"reranked": [Q, N] float32, "fused": [Q, N] float32}``:
+      reranked: the shortlist ordered by the local score alone (what the founding study did), every photo
+        outside the shortlist below every photo in it (-1); pairs left unmatched (opposite flanks) score 0;
+      fused: calibrated P(same identity) for every pair, the global one outside the shortlist.
+    """
+    from . import rerank
+
+    fused, info = rerank.rerank_fuse(
+        q["filepath"].tolist(), db["filepath"].tolist(), global_scores, db["identity"].to_numpy(), emb_db,
+        int(conf["retrieve"]["topk"]), conf["rerank"], cache_root(conf["cache"]),
+        query_orientation=q["orientation"].tolist(), gallery_orientation=db["orientation"].tolist())
+    index, local = info["index"], info["local"][rerank.rerank_conf(conf["rerank"])["local_score"]]
+    reranked = np.full(global_scores.shape, -1.0, np.float32)
+    rows = np.broadcast_to(np.arange(len(index))[:, None], index.shape)
+    ok = index >= 0
+    reranked[rows[ok], index[ok]] = np.nan_to_num(local[ok], nan=0.0)
+    return {"reranked": reranked, "fused": fused.astype(np.float32)}
 
 
 def _pipelines(conf: dict) -> list[str]:
