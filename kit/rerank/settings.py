@@ -1,0 +1,19 @@
+"""The ``rerank`` config section, completed from kit.config's DEFAULTS (where every setting is commented)."""
+
+from __future__ import annotations
+
+from ..config import DEFAULTS
+from ..errors import ConfigError
+from .weights import EXTRACTORS
+
+
+def rerank_conf(conf: dict | None) -> dict:
+    """The ``rerank`` section completed from DEFAULTS; unknown keys raise (a typo must not be silently ignored)."""
+    base = DEFAULTS["rerank"]
+    unknown = sorted(set(conf or {}) - set(base))
+    if unknown:
+        raise ConfigError(f"unknown rerank setting(s) {', '.join(unknown)}; known: {', '.join(sorted(base))}")
+    out = {**base, **(conf or {})}
+    if out["extractor"] not in EXTRACTORS:
+        raise ConfigError(f"rerank.extractor={out['extractor']!r} is not one of {', '.join(EXTRACTORS)}")
+    return out
