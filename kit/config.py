@@ -126,7 +126,7 @@ DEFAULTS: dict[str, Any] = {
         "rerank_topk": 20,  # with rerank.enabled: LightGlue on each test photo's k nearest test photos; 0 disables
         "seed": 0,  # seed of the held-out splits (fold f uses seed + f) and of the pair subsample
     },
-    "train": {  # kit train: ArcFace fine-tuning (kit/train.py); it starts from embed.model with embed.weights
+    "train": {  # kit train: ArcFace fine-tuning (kit/train/); it starts from embed.model with embed.weights
         "neck": "linear_bn",  # kept on the backbone: "linear_bn" (Linear + BatchNorm1d) | "gem_bn" | "none" (pooled)
         "embed_dim": 512,  # embedding size of a linear_bn neck; ignored otherwise
         "image_size": None,  # training input side in px, saved in the checkpoint for embedding; null: embed's / timm's
