@@ -8,7 +8,7 @@ embeds its photos through the embed stage (kit.embed.embed_paths, cached) with
 - the pretrained backbone, pooled features, at ``--size`` (the kit's default embedding; 224 px for lite0),
 - the checkpoint in OUT (``embed.weights=OUT``, the way ``kit submit`` would use it),
 
-and prints R-1, R-5, mAP and the open-set score of each (kit.train.evaluate), the epoch-0 row of the run's
+and prints R-1, R-5, mAP and the open-set score of each (kit.train.heldout_metrics), the epoch-0 row of the run's
 history (pretrained at the training size), and the fine-tuned / pretrained R-1 ratios.
 """
 
@@ -24,7 +24,7 @@ import yaml
 from kit import embed
 from kit.cache import cache_root
 from kit.config import load_config
-from kit.train import METRICS, evaluate, holdout_split, training_frame
+from kit.train import METRICS, heldout_metrics, holdout_split, training_frame
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
                      ("fine-tuned (embed.weights=OUT)", {**conf["embed"], "weights": args.out})]:
         t = time.perf_counter()
         emb = embed.embed_paths(paths, ec, cache_root(conf["cache"]))
-        rows[name] = {**evaluate(emb, val), "seconds": time.perf_counter() - t}
+        rows[name] = {**heldout_metrics(emb, val), "seconds": time.perf_counter() - t}
     hist = pd.read_csv(Path(args.out) / "history.csv")
     if (hist["epoch"] == 0).any():
         size = run["train"]["image_size"] or "default"

@@ -78,7 +78,7 @@ def gpu_policy_on_cpu(fake_gpu, monkeypatch):
             handed.append(pol)
             return pol
         monkeypatch.setattr(device, "policy", on_cpu)
-        for mod in ("kit.embed", "kit.rerank.extractors"):  # the modules that call device_policy
+        for mod in ("kit.embed", "kit.rerank.extractors", "kit.train.trainer"):  # the modules that call device_policy
             monkeypatch.setattr(f"{mod}.device_policy", on_cpu, raising=False)
         return handed
     return install
@@ -130,3 +130,36 @@ def test_rerank_runs_at_the_policy_dtype(gpu_policy_on_cpu, tmp_path, capability
     assert seen == {want}
     assert confidence.dtype == np.float32 and np.isfinite(confidence).all()
     assert (matches[0] > -1).sum() >= 0.5 * feats["count"][0]  # a photo with itself still matches at low precision
+
+
+@pytest.mark.parametrize("capability, want", [((7, 5), torch.float16), ((8, 0), torch.bfloat16)])
+def test_train_runs_at_the_policy_dtype(gpu_policy_on_cpu, monkeypatch, tiny_2025, tmp_path, capability, want):
+    """One optimizer step of a real Trainer on a faked GPU: the convolutions compute at the policy's dtype, and
+    only fp16 scales the loss (bf16 has fp32's range)."""
+    from kit import train
+    from kit.config import load_config
+
+    handed = gpu_policy_on_cpu(capability)
+    conf = load_config(None, ["embed.model=test_efficientnet", "embed.weights=random",
+                              "embed.allow_random_weights=true", "train.image_size=32", "train.batch_size=4",
+                              "train.per_identity=2", "train.epochs=1", "train.steps_per_epoch=1",
+                              "train.num_workers=0", "train.val_identities=0", "train.preload=false",
+                              "train.embed_dim=16"])
+    where = train.Dist(device=torch.device("cuda"))  # what init_distributed gives a one-GPU process
+    trainer = train.Trainer(train.training_frame(tiny_2025), conf["train"], conf["embed"], tmp_path, where)
+    fp16 = want == torch.float16
+    assert handed and trainer.amp == want and trainer.device.type == "cpu" and trainer.scaler.is_enabled() == fp16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the policy is set; AdamW must not seek a GPU
+    seen = _dtypes_seen(trainer.net)
+    scaled: list = []
+    real_scale = trainer.scaler.scale
+    monkeypatch.setattr(trainer.scaler, "scale", lambda loss: scaled.append(loss) or real_scale(loss))
+    before = [p.detach().clone() for p in trainer.net.parameters()]
+    loss = trainer.train_epoch()
+    assert seen == {want} and np.isfinite(loss) and trainer.step == 1
+    assert len(scaled) == fp16  # the step's one micro-batch loss went through the scaler, under fp16 only
+    stepped = any(not torch.equal(a, b) for a, b in zip(before, trainer.net.parameters()))
+    if fp16:  # GradScaler's contract: a step either goes through at its scale, or overflows, is skipped and halves it
+        assert stepped == (trainer.scaler.get_scale() == 2.0 ** 16)
+    else:
+        assert stepped and trainer.scaler.get_scale() == 1.0

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from kit import train as kt
 from kit.cli import main
@@ -128,15 +129,15 @@ def test_training_frame_reads_a_folder_per_identity(tiny_2025, tmp_path):
     assert sorted(got["identity"]) == sorted(frame.head(7)["identity"])
 
 
-def test_evaluate_on_perfect_embeddings():
+def test_heldout_metrics_on_perfect_embeddings():
     val = pd.DataFrame({"identity": list("aabbccdd"), "dataset": "x",
                         "split": ["database", "query"] * 3 + ["query", "query"],
                         "new_identity": [False] * 6 + [True, True]})
     emb = np.eye(4, dtype=np.float32)[[0, 0, 1, 1, 2, 2, 3, 3]]  # one direction per identity
-    m = kt.evaluate(emb, val)
+    m = kt.heldout_metrics(emb, val)
     assert m["R-1"] == 1.0 and m["mAP"] == 1.0 and m["score"] == 1.0
     emb[1] = [0.6, 0.8, 0, 0]  # a's query is now nearer b's photo than a's
-    m = kt.evaluate(emb, val)
+    m = kt.heldout_metrics(emb, val)
     assert m["R-1"] == pytest.approx(2 / 3) and m["R-5"] == 1.0 and m["mAP"] == pytest.approx((0.5 + 2) / 3)
 
 
@@ -153,7 +154,7 @@ def test_chain_matches_cnns_not_transformers():
 
 def test_cached_frozen_layers_train_only_the_rest(tiny_2025, tmp_path):
     conf = tiny_conf(freeze_groups=3, cache_views=2, epochs=1, steps_per_epoch=2, preload=False)
-    trainer = kt.Trainer(kt.training_frame(tiny_2025), conf, tmp_path / "out")
+    trainer = kt.Trainer(kt.training_frame(tiny_2025), conf["train"], conf["embed"], tmp_path / "out")
     assert trainer.net.start > 0 and trainer.cache.shape[:2] == (2, len(trainer.train_df))
     before = {k: v.clone() for k, v in trainer.net.embedder.state_dict().items()}
     cached = trainer.val_embeddings()
@@ -183,6 +184,8 @@ def test_train_resume_then_submit(tiny_2025, tmp_path, monkeypatch, capsys):
     for folder in (straight, straight / "last"):
         assert {"config.json", "model.safetensors"} <= {p.name for p in folder.iterdir()}
     assert (straight / "last" / kt.STATE_FILE).is_file()
+    saved = yaml.safe_load((straight / "train_config.yaml").read_text())  # the whole merged config, not 2 sections
+    assert saved == load_config(None, [a for a in args if a != "--set"])
 
     # an interrupt in epoch 2, then the same command resumes from the end of epoch 1
     real = kt.Trainer.train_epoch
@@ -218,6 +221,22 @@ def test_train_resume_then_submit(tiny_2025, tmp_path, monkeypatch, capsys):
     assert main(["submit", str(tiny_2025), "--out", str(out), "--set", f"embed.weights={straight}",
                  "--set", "embed.num_workers=0"]) == 0
     assert len(pd.read_csv(out)) == len(pd.read_csv(tiny_2025 / "sample_submission.csv"))
+
+
+def test_checkpoint_files_keep_the_umask(tiny_2025, tmp_path):
+    """Under the usual umask 022 every file a run writes is 0644 (the atomic writer's temporaries are 0600)."""
+    out = tmp_path / "out"
+    args = ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=1", "--set", "train.val_identities=0",
+            "--set", "train.validate_before=false", *TINY, "--set", "train.plot=true"]
+    old = os.umask(0o022)
+    try:
+        assert main(["train", str(tiny_2025), "--out", str(out), *args]) == 0
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "config.json", "history.csv", "curve.png", "train_config.yaml",
+            f"last/{kt.STATE_FILE}", "last/model.safetensors", "last/config.json"} == set(modes)  # no temporaries
+    assert set(modes.values()) == {0o644}, modes
 
 
 # ------------------------------------------------------------------------------------------------- DDP
