@@ -13,7 +13,8 @@ over them); they import each other in one direction only (base <- provenance <- 
   competition metric of ``kit validate`` (an open-set split of the labelled rows; see ``local_validation``), for
   either task: it is computed from the competition's own labelled images, never from a solution.csv.
 - ``offline.py``: ``build_offline_dataset`` (``make kaggle-dataset``) writes the folder to upload as a Kaggle
-  dataset: ``wheels/`` (the kit and the dependencies Kaggle lacks) and ``weights/`` (LightGlue weights).
+  dataset: ``wheels/`` (the kit, distribution ``animalclef-kit``, and the dependencies Kaggle lacks) and
+  ``weights/`` (LightGlue weights). Attached to a notebook, its install cell finds it under /kaggle/input.
 - ``notebooks.py``: ``find_competition``, ``config_args``, ``weight_settings``, ``show_report`` for
   notebooks/*.ipynb, and ``run_notebook``, which injects parameters papermill-style and executes a notebook
   headlessly (the tests).
@@ -27,13 +28,13 @@ from .cli import (add_subcommands, credentials_help, download_competition, kaggl
                   unzip_into, upload_submission)
 from .notebooks import (config_args, find_competition, internet_on, notebook_parameters, run_notebook, show_report,
                         weight_settings)
-from .offline import (KAGGLE_LACKS, KAGGLE_PLATFORM, KAGGLE_PYTHON, LIGHTGLUE_FILES, build_offline_dataset,
-                      upload_instructions)
+from .offline import (KAGGLE_LACKS, KAGGLE_PLATFORM, KAGGLE_PYTHON, KIT_DISTRIBUTION, KIT_WHEEL, LIGHTGLUE_FILES,
+                      build_offline_dataset, upload_instructions)
 from .provenance import (config_name, git_info, local_validation, record_name, record_submission, sidecar_path,
                          upload_message, weight_hashes)
 
-__all__ = ["COMPETITION", "INPUT_ROOT", "KAGGLE_LACKS", "KAGGLE_PLATFORM", "KAGGLE_PYTHON", "LIGHTGLUE_FILES",
-           "REPO_ROOT", "KaggleError", "NotebookError", "add_subcommands",
+__all__ = ["COMPETITION", "INPUT_ROOT", "KAGGLE_LACKS", "KAGGLE_PLATFORM", "KAGGLE_PYTHON", "KIT_DISTRIBUTION",
+           "KIT_WHEEL", "LIGHTGLUE_FILES", "REPO_ROOT", "KaggleError", "NotebookError", "add_subcommands",
            "build_offline_dataset", "config_args", "config_name", "credentials_help", "download_competition",
            "find_competition", "git_info", "internet_on", "kaggle_config_dir", "kaggle_executable",
            "local_validation", "notebook_parameters", "record_name", "record_submission", "run_kaggle",

