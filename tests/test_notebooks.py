@@ -9,14 +9,18 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
+import kit
 from kit.io import read_csv_str
-from kit.kaggle import notebook_parameters, run_notebook
+from kit.kaggle import KIT_DISTRIBUTION, KIT_WHEEL, build_offline_dataset, notebook_parameters, run_notebook
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -80,6 +84,94 @@ def test_run_notebook_injects_parameters_and_names_the_failing_cell(tmp_path):
     with pytest.raises(NotebookError) as err:
         run_notebook(path, {"X": 3}, timeout=60)
     assert "X is 3" in str(err.value) and "assert X == 2" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ the install cell
+# It runs before the kit is importable, so it is the one cell that holds plain Python instead of a kit call: these
+# tests run it as on a fresh Kaggle kernel, in a subprocess where `import kit` finds nothing, with pip recorded.
+
+INSTALL_HARNESS = """
+import json, subprocess, sys
+sys.modules["kit"] = None  # a fresh Kaggle kernel: importlib.util.find_spec("kit") is None
+ran = []
+subprocess.run = lambda cmd, **kw: ran.append(cmd)  # record the pip command instead of running it
+exec(sys.stdin.read(), json.loads(sys.argv[1]))
+print(json.dumps(ran))
+"""
+
+
+def _install_cell(path: Path) -> str:
+    cells = [c for c in _read(path).cells if "install" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{path.name}: exactly one cell is tagged `install`"
+    return cells[0].source
+
+
+def _run_install_cell(input_root: Path, kit_pip: str = "") -> tuple[subprocess.CompletedProcess, list | None]:
+    """The install cell with these parameters, kit not importable; returns the process and the commands it ran."""
+    params = json.dumps({"INPUT_ROOT": str(input_root), "KIT_PIP": kit_pip})
+    res = subprocess.run([sys.executable, "-c", INSTALL_HARNESS, params], input=_install_cell(NOTEBOOKS[0]),
+                         capture_output=True, text=True, timeout=60)
+    return res, (json.loads(res.stdout) if res.returncode == 0 else None)
+
+
+def _pip_install(*source: str) -> list[str]:
+    return [sys.executable, "-m", "pip", "install", "--quiet", *source]
+
+
+@pytest.fixture(scope="module")
+def kaggle_input(tmp_path_factory) -> Path:
+    """A /kaggle/input look-alike: the competition, and the offline dataset `make kaggle-dataset` builds (without
+    downloads: only the kit's own wheel matters here) attached under a name of the user's choosing."""
+    root = tmp_path_factory.mktemp("kaggle-input")
+    (root / "animal-clef-2025" / "images").mkdir(parents=True)
+    (root / "animal-clef-2025" / "metadata.csv").write_text("image_id\n")
+    build_offline_dataset(root / "my-kit-files", download=False)
+    return root
+
+
+def test_the_install_cell_is_the_same_everywhere_and_looks_for_the_builders_wheel():
+    cells = {p.name: _install_cell(p) for p in NOTEBOOKS}
+    assert len(set(cells.values())) == 1, f"the install cells differ: {sorted(cells)}; keep them identical"
+    cell = cells[NOTEBOOKS[0].name]
+    assert f"/wheels/{KIT_WHEEL}" in cell and f'"{KIT_DISTRIBUTION}"' in cell  # kit.kaggle.offline's names
+
+
+def test_install_cell_finds_an_attached_offline_dataset(kaggle_input, tmp_path):
+    wheels = kaggle_input / "my-kit-files" / "wheels"
+    assert [w.name for w in wheels.glob(KIT_WHEEL)] == [f"animalclef_kit-{kit.__version__}-py3-none-any.whl"]
+    res, ran = _run_install_cell(kaggle_input)
+    assert res.returncode == 0, res.stderr
+    source = ["--no-index", "--find-links", str(wheels), KIT_DISTRIBUTION]
+    assert ran == [_pip_install(*source)]
+    # two levels down (a dataset inside a folder) is found too
+    deeper = tmp_path / "input"
+    shutil.copytree(wheels, deeper / "owner" / "kit-v2" / "wheels")
+    res, ran = _run_install_cell(deeper)
+    assert ran == [_pip_install("--no-index", "--find-links", str(deeper / "owner" / "kit-v2" / "wheels"),
+                                KIT_DISTRIBUTION)], res.stderr
+    # and pip resolves that command from that folder alone (a dry run: nothing is installed)
+    dry = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", *source],
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"Would install {KIT_DISTRIBUTION}-{kit.__version__}" in dry.stdout
+
+
+def test_install_cell_prefers_kit_pip(kaggle_input):
+    fork = "git+https://github.com/someone/kit.git"
+    res, ran = _run_install_cell(kaggle_input, kit_pip=fork)
+    assert ran == [_pip_install(fork)], res.stderr
+
+
+def test_install_cell_without_a_source_says_both_fixes(tmp_path):
+    root = tmp_path / "input"
+    (root / "old-kit" / "wheels").mkdir(parents=True)
+    (root / "old-kit" / "wheels" / "kit-0.1.0-py3-none-any.whl").write_bytes(b"")  # the old distribution name
+    res, ran = _run_install_cell(root)
+    assert res.returncode == 1 and ran is None and res.stdout == "", "stops before pip"
+    said = res.stderr
+    assert f"no wheels/animalclef_kit-*.whl under {root}" in said
+    assert "make kaggle-dataset" in said and "KIT_PIP" in said and "Internet on" in said
+    assert "Traceback" not in said
 
 
 @pytest.fixture(scope="module")
