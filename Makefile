@@ -4,10 +4,12 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 KIT := .venv/bin/kit
 DATA ?=
-CONFIG ?= configs/default.yaml
+CONFIG ?=# a YAML of overrides (configs/); empty = every setting from kit/config/defaults.py, as `kit` itself runs
 DEMO := .demo
 SUBMISSIONS ?= submissions# where `make submit` writes <timestamp>-<config>-<local score>.csv + .json
-SET ?=# extra settings for submit, as `kit --set`: SET="embed.batch_size=64 rerank.enabled=true"
+SET ?=# extra settings for submit/validate/review, as `kit --set`: SET="embed.batch_size=64 rerank.enabled=false"
+DEMO_CONFIG := configs/demo.yaml# the demo's own small settings (one descriptor, a short shortlist): under 2 min
+CONF_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach s,$(SET),--set $(s))
 COMPETITION ?= animal-clef-2025
 KAGGLE_DATA ?= data/$(COMPETITION)# where `make download` unzips the competition
 KAGGLE_DATASET ?= dist/kaggle-dataset# the folder `make kaggle-dataset` builds
@@ -15,7 +17,7 @@ NO_DOWNLOAD ?=# NO_DOWNLOAD=1: `make kaggle-dataset` without pip download (offli
 # The CPU/CUDA torch build that lies on this project's machines; Kaggle brings its own (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install demo test submit validate clean download upload kaggle-dataset
+.PHONY: help install demo test test-fast submit validate clean download upload kaggle-dataset
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,19 +39,22 @@ install: .venv/.installed ## create .venv with the kit (animalclef-kit), its dep
 demo: .venv/.installed ## synthesise a competition, write a submission for it and score it (offline)
 	rm -rf $(DEMO) && mkdir -p submissions
 	$(KIT) synth $(DEMO)/competition --seed 0
-	$(KIT) submit $(DEMO)/competition --config $(CONFIG) --out submissions/demo.csv
+	$(KIT) submit $(DEMO)/competition --config $(DEMO_CONFIG) --out submissions/demo.csv
 	$(KIT) score $(DEMO)/competition/solution.csv submissions/demo.csv
 
-test: .venv/.installed ## run the test suite (offline, CPU), notebooks included
+test: .venv/.installed ## run the whole test suite (offline, CPU): what CI runs, notebooks and end-to-end runs included
 	$(PY) -m pytest -rs
+
+test-fast: .venv/.installed ## the inner loop: every test but the end-to-end runs (marked slow), under a minute
+	$(PY) -m pytest -q -m "not slow"
 
 submit: .venv/.installed ## validate, then write submissions/<time>-<config>-<local score>.csv + provenance .json: make submit DATA=... [CONFIG=...]
 	@test -n "$(DATA)" || { echo "usage: make submit DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"]"; exit 2; }
-	$(KIT) submit $(DATA) --config $(CONFIG) $(foreach s,$(SET),--set $(s)) --provenance $(SUBMISSIONS)
+	$(KIT) submit $(DATA) $(CONF_ARGS) --provenance $(SUBMISSIONS)
 
-validate: .venv/.installed ## score the pipeline on an open-set split: make validate DATA=... [CONFIG=...]
-	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/competition [CONFIG=...]"; exit 2; }
-	$(KIT) validate $(DATA) --config $(CONFIG) --report reports/$$(basename $(DATA))
+validate: .venv/.installed ## score the pipeline on an open-set split, report in reports/<folder>/: make validate DATA=... [CONFIG=...] [SET=...]
+	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"]"; exit 2; }
+	$(KIT) validate $(DATA) $(CONF_ARGS) --report reports/$$(basename $(DATA))
 
 download: .venv/.installed ## download and unzip the competition into data/ (needs Kaggle credentials, see README)
 	$(KIT) kaggle download --competition $(COMPETITION) --out $(KAGGLE_DATA)
@@ -61,5 +66,5 @@ upload: .venv/.installed ## submit to Kaggle, message from the sidecar JSON: mak
 kaggle-dataset: .venv/.installed ## build dist/kaggle-dataset (wheels + weights) for Kaggle notebooks [NO_DOWNLOAD=1]
 	$(KIT) kaggle dataset $(KAGGLE_DATASET) $(if $(NO_DOWNLOAD),--no-download)
 
-clean: ## remove the demo folder and caches (not .venv)
-	rm -rf $(DEMO) .pytest_cache
+clean: ## remove .demo/, submissions/demo.csv and .pytest_cache/ (not .venv/, reports/, submissions/ or ~/.cache/kit)
+	rm -rf $(DEMO) submissions/demo.csv .pytest_cache

@@ -75,7 +75,7 @@ def _read_shard(path: Path) -> tuple[list[str], dict[str, np.ndarray]] | None:
         return None
 
 
-def _write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray]) -> Path:
+def write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray]) -> Path:
     final = folder / f"shard-{uuid.uuid4().hex}.safetensors"
     with atomic_path(final) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
@@ -83,7 +83,7 @@ def _write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray
     return final
 
 
-def load(folder: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+def load_shards(folder: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
     """Everything cached in ``folder``: ``(row of each key, arrays)`` with arrays ``[M, ...]``."""
     shards = sorted(folder.glob("shard-*.safetensors")) if folder.is_dir() else []
     parts = [s for s in (_read_shard(p) for p in shards) if s is not None]
@@ -94,7 +94,7 @@ def load(folder: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
     keys = [k for p in parts for k in p[0]]
     arrays = {n: np.concatenate([p[1][n] for p in parts]) for n in names}
     if len(parts) > MAX_SHARDS:
-        _write_shard(folder, keys, arrays)
+        write_shard(folder, keys, arrays)
         for p in shards:
             p.unlink(missing_ok=True)
     return {k: i for i, k in enumerate(keys)}, arrays
@@ -116,13 +116,13 @@ def cached_compute(
     keys = list(keys)
     if folder is None:
         return compute(np.arange(len(keys), dtype=np.int64)) if keys else {}
-    row_of, cached = load(folder)
+    row_of, cached = load_shards(folder)
     missing = np.array([i for i, k in enumerate(keys) if k not in row_of], dtype=np.int64)
     new_parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     for start in range(0, len(missing), flush_every):
         idx = missing[start:start + flush_every]
         arrays = compute(idx)
-        _write_shard(folder, [keys[i] for i in idx], arrays)
+        write_shard(folder, [keys[i] for i in idx], arrays)
         new_parts.append((idx, arrays))
     if not keys:
         return {}

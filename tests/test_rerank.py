@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from kit import rerank
-from kit.calibration import apply_calibrator, fit_calibrator
 from kit.errors import ConfigError, WeightsError
 from kit.rerank import weights
 
@@ -101,15 +100,17 @@ def test_features_are_padded_to_the_budget(feats):
 
 @needs_weights
 def test_warped_copy_matches_and_unrelated_images_do_not(matcher, feats):
-    conf = {**SMALL, "geometric": "kornia"}
+    scorer = rerank.make_scorer("aliked-n16", rerank.rerank_conf({**SMALL, "geometric": "kornia"}))
     pairs = np.array([[0, 1], [0, 2], [0, 3], [2, 3]])
-    s = rerank.local_scores(feats, feats, pairs, matcher=rerank.LocalMatcher(conf))
+    s = scorer.score(feats, feats, pairs)
     n = s["n_matches"]
     assert n[0] >= 60, n  # same card under a homography: measured 94 of 128
     assert n[1] <= 25 and n[2] <= 5 and n[3] <= 5, n  # other card (shared disc shapes): 13; noise: 0
     assert s["sum_conf"][0] > 4 * s["sum_conf"][1]
     assert s["inliers"][0] >= 0.8 * n[0]  # the true pair fits one homography
     assert s["inliers"][1] < 0.5 * n[0]
+    assert (s["n_strict"] <= n).all() and s["n_strict"][0] > s["n_strict"][1]
+    np.testing.assert_array_equal(s["n_matches_rev"], n)  # LightGlue's matches are mutual: both sides agree
 
 
 @needs_weights
@@ -118,7 +119,7 @@ def test_disk_with_its_lightglue_weights(photos):
     m = rerank.LocalMatcher({**SMALL, "extractor": "disk", "max_keypoints": 96, "resize": 128})
     f = m.extract([photos[0], photos[1], photos[3]])
     assert f["descriptors"].shape == (3, 96, 128)
-    n = rerank.local_scores(f, f, np.array([[0, 1], [0, 2]]), matcher=m)["n_matches"]
+    n = rerank.make_scorer("disk", m.conf).score(f, f, np.array([[0, 1], [0, 2]]))["n_matches"]
     assert n[0] >= 35 and n[1] <= 15, n  # measured 58 and 8
 
 
@@ -171,45 +172,14 @@ def test_second_extraction_reads_the_cache(photos, monkeypatch, tmp_path):
     assert again._extractor is None  # the network was never even loaded
     for k in first:
         np.testing.assert_array_equal(first[k], second[k])
-    # rerank_shortlist hands its cache_dir to the extractor: these features come from the cache too
-    local = rerank.rerank_shortlist([photos[0]], [photos[1]], np.array([[0]]), cache_dir=cache_dir, matcher=again)
-    assert local["n_matches"][0, 0] >= 60 and again._extractor is None
+    # score_pairs hands its cache_dir to the extractor: these features come from the cache too
+    scorer = rerank.make_scorer("aliked-n16", rerank.rerank_conf(SMALL))
+    scorer._features = again
+    local = rerank.score_pairs(scorer, [photos[0]], [photos[1]], np.array([[0, 0]]), cache_dir)
+    assert local["n_matches"][0] >= 60 and again._extractor is None
     # a different budget is a different cache entry, so it must compute (and here, raise)
     with pytest.raises(AssertionError, match="recomputed"):
         rerank.LocalMatcher({**SMALL, "max_keypoints": 64}).extract(photos[:2], cache_dir)
-
-
-@needs_weights
-def test_rerank_shortlist_fills_only_the_pairs_asked_for(matcher, photos):
-    query, gallery = [photos[0], photos[2]], [photos[1], photos[2], photos[3]]
-    index = np.array([[0, 1, 2], [2, -1, 0]])
-    mask = np.array([[True, True, False], [True, True, True]])
-    out = rerank.rerank_shortlist(query, gallery, index, matcher=matcher, pair_mask=mask,
-                                  gallery_labels=["a", "b", "c"])
-    assert set(out) == {"n_matches", "sum_conf", "weighted_conf"}
-    n = out["n_matches"]
-    assert n.shape == (2, 3) and n.dtype == np.float32
-    assert np.isnan(n[0, 2]) and np.isnan(n[1, 1])  # masked pair, empty slot
-    assert n[0, 0] >= 60 and n[0, 0] > n[0, 1]  # the warped copy outranks the other card
-    assert n[1, 0] <= 5 and n[1, 2] <= 25
-    assert np.isfinite(out["weighted_conf"][0, :2]).all()
-
-
-@needs_weights
-def test_rerank_fuse_lifts_the_true_match_the_global_score_missed(photos, matcher):
-    """End to end: shortlist, match, calibrate on database pairs only, fuse."""
-    gallery = [photos[1], photos[2], photos[4], photos[3]]  # card_warped | other, other_warped | noise
-    labels = np.array(["card", "other", "other", "noise"])
-    emb = np.array([[1, 0, 0], [0, 1, 0], [0, 0.9, np.sqrt(0.19)], [0, 0, 1]], np.float32)  # other ~ other_warped
-    glob = np.array([[0.3, 0.5, 0.4, 0.2]], np.float32)  # the global model prefers a wrong photo
-    fused, info = rerank.rerank_fuse([photos[0]], gallery, glob, labels, emb, topk=4,
-                                     conf={**SMALL, "calibration_queries": 10})
-    assert fused.shape == (1, 4) and fused.dtype == np.float32
-    assert fused[0].argmax() == 0 and glob[0].argmax() == 1
-    np.testing.assert_array_equal(info["calibration_rows"], [1, 2])  # only identities with two photos
-    assert info["calibration_same"].sum() == 2  # other <-> other_warped, both ways
-    np.testing.assert_array_equal(info["index"], [[1, 2, 0, 3]])  # shortlist in global order
-    assert info["local"]["n_matches"][0, 2] >= 60  # ... where the warped card is third
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -271,40 +241,11 @@ def test_superpoint_runs_from_a_user_checkpoint(tmp_path):
 def test_unknown_rerank_setting_is_refused():
     with pytest.raises(ConfigError, match="max_keypoint"):
         rerank.rerank_conf({"max_keypoint": 5})
-    with pytest.raises(ConfigError, match="aliked-n16"):
-        rerank.rerank_conf({"extractor": "sift"})
+    with pytest.raises(ConfigError, match="'sift2' is not one of auto, sift, aliked-n16"):
+        rerank.rerank_conf({"extractor": ["sift", "sift2"]})
 
 
 # ---------------------------------------------------------------------------------------------- oracles
-
-
-def test_fuse_by_hand():
-    # calibrators that are the identity on [0, 1] (global) and n / 10 (local), then clip
-    cal_g = fit_calibrator(np.array([0.0, 1.0]), np.array([False, True]))
-    cal_l = fit_calibrator(np.array([0.0, 10.0]), np.array([False, True]))
-    g = np.array([[0.8, 0.6, 0.4, 0.2], [0.1, 0.9, 0.5, 0.3]], np.float32)
-    index = np.array([[0, 1], [1, -1]])
-    local = np.array([[0.0, 10.0], [np.nan, 7.0]], np.float32)  # NaN = not matched; the -1 slot is ignored
-    fused = rerank.fuse(g, index, local, cal_g, cal_l)
-    expect = np.array([[(0.8 + 0.0) / 2, (0.6 + 1.0) / 2, 0.4, 0.2],  # outside the shortlist: calibrated global
-                       [0.1, 0.9, 0.5, 0.3]]) + 1e-6 * g
-    np.testing.assert_allclose(fused, expect, atol=1e-6)
-    assert fused.dtype == np.float32 and np.isfinite(fused).all()
-
-
-def test_fuse_with_a_stacker_keeps_global_outside_the_shortlist():
-    rng = np.random.default_rng(0)
-    same = rng.random(300) < 0.5
-    glob, loc = rng.normal(0, 1, 300) + same, rng.poisson(5 + 20 * same).astype(np.float32)
-    stacker = rerank.fit_stacker(glob, loc, same)
-    cal_g = fit_calibrator(glob, same)
-    g = rng.normal(0, 1, (3, 6)).astype(np.float32)
-    index = np.array([[0, 1], [2, 3], [4, -1]])
-    fused = rerank.fuse(g, index, np.array([[30, 0], [30, 0], [30, 0]], np.float32), cal_g, stacker=stacker)
-    outside = np.ones_like(g, bool)
-    outside[[0, 0, 1, 1, 2], [0, 1, 2, 3, 4]] = False
-    np.testing.assert_allclose(fused[outside], (apply_calibrator(cal_g, g) + 1e-6 * g)[outside], atol=1e-6)
-    assert fused[0, 0] > fused[0, 1] and fused[1, 2] > fused[1, 3]  # 30 matches beat 0 matches
 
 
 def test_identity_weighted_conf_by_hand():
@@ -327,7 +268,7 @@ def test_package_modules_import_one_way():
     import ast
     from pathlib import Path
 
-    order = ["weights", "settings", "extractors", "lightglue", "pairs", "fusion", "__init__"]
+    order = ["weights", "settings", "extractors", "sift", "mnn", "lightglue", "pairs", "scorers", "__init__"]
     folder = Path(rerank.__file__).parent
     assert sorted(p.stem for p in folder.glob("*.py")) == sorted(order)
     for i, name in enumerate(order):
@@ -342,8 +283,8 @@ def test_package_modules_import_one_way():
             assert not any(m.split(".")[0] == "kit" for m in absolute), f"{name}.py: absolute kit import"
 
 
-def test_validate_reports_global_reranked_and_fused(tmp_path):
-    """The stage wired into `kit validate`: metrics.json gains the reranked and fused pipelines."""
+def test_validate_reports_global_and_fused(tmp_path):
+    """Local matching wired into `kit validate`: metrics.json holds the global and the fused pipeline."""
     import json
 
     from kit.cli import main
@@ -351,12 +292,12 @@ def test_validate_reports_global_reranked_and_fused(tmp_path):
 
     comp = make_competition(tmp_path / "c", seed=2, identities=4, images_per_identity=(3, 4), image_size=64,
                             datasets=["SynSalamander"])
-    fast = ["--set", "embed.image_size=64", "--set", "embed.num_workers=0", "--set", "rerank.enabled=true",
+    fast = ["--set", "embed.model=tf_efficientnet_lite0", "--set", "embed.image_size=64",
+            "--set", "embed.num_workers=0", "--set", "rerank.enabled=true", "--set", "rerank.extractor=aliked-n16",
             "--set", "rerank.max_keypoints=32", "--set", "rerank.resize=64", "--set", "retrieve.topk=3",
-            "--set", "rerank.calibration_queries=6", "--set", "rerank.num_workers=0",
-            "--set", "validate.n_unknown=3", "--set", "openset.n_unknown=3"]
+            "--set", "rerank.num_workers=0", "--set", "validate.n_unknown=3", "--set", "openset.n_unknown=3"]
     assert main(["validate", str(comp), "--report", str(tmp_path / "rep"), *fast]) == 0
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert set(metrics["SynSalamander"]) == {"global", "reranked", "fused"}
+    assert set(metrics["SynSalamander"]) == {"global", "fused"}
     for m in metrics["SynSalamander"].values():
         assert 0.0 <= m["R-1"] <= 1.0 and 0.0 <= m["score"] <= 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kit.retrieve import calibration_shortlist, dedup_shortlist, identity_scores, ranked_labels, topk_cosine
+from kit.retrieve import dedup_shortlist, identity_scores, ranked_labels, topk_cosine
 
 
 def brute(q, g, k):
@@ -75,16 +75,3 @@ def test_dedup_shortlist_by_hand():
     assert dedup_shortlist(scores, labels, 3, 2).dtype == np.int64
 
 
-def test_calibration_shortlist_draws_database_pairs():
-    rng = np.random.default_rng(0)
-    labels = np.repeat(["a", "b", "c", "d", "e"], [3, 3, 2, 2, 1])
-    emb = rng.normal(0, 1, (11, 8)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    rows, index, glob, same = calibration_shortlist(emb, labels, n_queries=20, k=10, per_identity=2)
-    assert len(rows) == 10 and 10 not in rows  # the singleton "e" has no positive, so it is never a query
-    assert (index != rows[:, None]).all()  # a photo is never its own match
-    np.testing.assert_array_equal(same, (index >= 0) & (labels[np.clip(index, 0, None)] == labels[rows][:, None]))
-    np.testing.assert_allclose(glob[index >= 0], (emb[rows] @ emb.T)[np.nonzero(index >= 0)[0], index[index >= 0]],
-                               atol=1e-6)
-    assert same.any(1).all()  # k=10 holds 2 photos of every identity, so each pseudo-query meets its match
-    assert (np.bincount(np.unique(labels, return_inverse=True)[1][index[index >= 0]]) <= 2 * 10).all()

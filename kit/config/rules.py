@@ -22,7 +22,7 @@ class Rule:
     """One setting: its default and the values it accepts."""
 
     default: Any
-    kind: str  # "int" | "float" | "bool" | "str" | "choice" | "list"
+    kind: str  # "int" | "float" | "bool" | "str" | "choice" | "list" | "dict"
     lo: float | None = None  # inclusive bounds of a number (exclusive with ``open``)
     hi: float | None = None
     open: bool = False
@@ -46,11 +46,17 @@ class Rule:
             what = "true or false"
         elif self.kind == "choice":
             what = "one of " + ", ".join(_show(c) for c in self.choices)
+        elif self.kind == "dict":
+            what = "a mapping"
         elif self.kind == "str":
             what = "a text" + (f" matching {self.pattern}" if self.pattern else "")
         else:
             size = (f"{self.length} " if self.length is not None
                     else f"at least {self.min_length} " if self.min_length else "")
+            if self.item is not None and self.item.kind == "choice" and set(self.item.choices) <= set(self.also):
+                names = ", ".join(_show(c) for c in self.item.choices)  # one name, or a list of names
+                rest = [a for a in self.also if a not in self.item.choices]
+                return f"one of {names}, or a list of them" + "".join(f", or {_show(a)}" for a in rest)
             what = f"a list of {size}items, each {self.item.expected() if self.item else 'anything'}"
         return what + "".join(f" or {_show(a)}" for a in self.also)
 
@@ -60,7 +66,7 @@ class Rule:
             return None
         ok = {"int": self._number, "float": self._number, "bool": lambda v: isinstance(v, bool),
               "str": self._text, "choice": lambda v: any(v == c and type(v) is type(c) for c in self.choices),
-              "list": self._list}[self.kind](value)
+              "list": self._list, "dict": lambda v: isinstance(v, dict)}[self.kind](value)
         return None if ok else self.expected()
 
     def _number(self, v: Any) -> bool:

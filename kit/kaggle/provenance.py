@@ -42,42 +42,56 @@ def git_info(root: Path = REPO_ROOT) -> dict | None:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
-def weight_hashes(conf: dict) -> dict:
+def weight_hashes(conf: dict, plan=None) -> dict:
     """Every weights file a run with ``conf`` uses, with its sha1.
 
-    Returns {"embed": {model, weights_source, weights_id}} (weights_id: kit.embed's sha1 of the file, or the hub
-    id for hub weights), plus "rerank": {extractor: {file, sha1}, matcher: {file, sha1}} when re-ranking is on.
+    Returns {"embed": the first descriptor's {model, weights_source, weights_id}, "descriptors": [that, for each
+    global descriptor]} (weights_id: kit.embed's sha1 of the file, or the hub id for hub weights), plus "rerank":
+    {matcher: {extractor: {file, sha1}, matcher: {file, sha1}}, or {opencv: version} for RootSIFT} for each
+    matcher of ``plan`` (kit.pipeline.Plan; none when local matching is off).
     """
     from ..cache import file_hash
     from ..embed import load_descriptor
+    from ..pipeline.descriptors import sections
 
-    bb = load_descriptor(conf["embed"])
-    out: dict = {"embed": {"model": bb.name, "weights_source": bb.weights_source, "weights_id": bb.weights_id}}
-    if conf["rerank"].get("enabled"):
+    descs = []
+    for sec in sections(conf["embed"], verbose=False):
+        d = load_descriptor(sec)
+        descs.append({"model": d.name, "weights_source": d.weights_source, "weights_id": d.weights_id})
+    out: dict = {"embed": descs[0], "descriptors": descs}
+    for scorer in getattr(plan, "scorers", []):
         from .. import rerank
 
-        rc = rerank.rerank_conf(conf["rerank"])
-        spec = rerank.EXTRACTORS[rc["extractor"]]
+        if scorer.family == "sift":
+            import cv2
+
+            out.setdefault("rerank", {})[scorer.name] = {"opencv": cv2.__version__}
+            continue
+        rc = rerank.rerank_conf({**conf["rerank"], "extractor": scorer.name})
+        spec = rerank.EXTRACTORS[scorer.name]
         files = {"extractor": rerank.resolve_weights(spec.weights, rc["extractor_weights"], rc["allow_download"]),
                  "matcher": rerank.resolve_weights(spec.matcher, rc["matcher_weights"], rc["allow_download"])}
-        out["rerank"] = {k: {"file": str(p), "sha1": file_hash(p)} for k, p in files.items()}
+        out.setdefault("rerank", {})[scorer.name] = {k: {"file": str(p), "sha1": file_hash(p)}
+                                                     for k, p in files.items()}
     return out
 
 
-def local_validation(meta, conf: dict, task: str = "auto") -> dict:
+def local_validation(meta, conf: dict, task: str = "auto", plan=None) -> dict:
     """The local score of a config on a competition: ``kit validate``'s headline number for the submitted pipeline.
 
     The labelled rows are split open-set (``validate`` section: whole identities held out as unknowns, a share
     of the known ones' images as queries); the pipeline sees the split's queries without labels and is scored
     against the held-out labels: the AnimalCLEF25 score (mean over datasets of sqrt(BAKS x BAUS)) for 2025, the
-    mean ARI for 2026. No solution.csv is read.
+    mean ARI for 2026. ``plan``: the competition's local-matching plan, the one the submission used (made here
+    when not given). No solution.csv is read.
     Returns {"value": float | None, "pipeline": str, "metrics": the validation result, "how": str}.
     """
     from .. import pipeline
 
     task = pipeline.task_of(meta, task)
-    result, _ = pipeline.validate(meta, conf, task)
-    value, what = pipeline.headline(result, conf, task)
+    plan = plan or pipeline.plan_matching(meta, conf)
+    result, _ = pipeline.validate(meta, conf, task, plan)
+    value, what = pipeline.headline(result, plan, task)
     metric = "mean ARI" if task == CLUSTERING else "AnimalCLEF25 score"
     return {"value": value, "pipeline": what, "metrics": result,
             "how": f"kit validate: {metric} on an open-set split of the labelled rows "
@@ -98,17 +112,18 @@ def record_name(config_path: str | Path | None, score: float | None, when: dt.da
 
 
 def record_submission(meta, conf: dict, config_path: str | Path | None, folder: str | Path,
-                      pred, details: dict, task: str = "auto") -> tuple[Path, "pd.DataFrame", dict]:
+                      pred, details: dict, task: str = "auto", plan=None) -> tuple[Path, "pd.DataFrame", dict]:
     """Validate, then write ``folder/<timestamp>-<config>-<score>.csv`` and its sidecar JSON (either task).
 
-    ``pred``/``details``: what pipeline.submit returned for ``meta``. Returns (csv path, the submission as
+    ``pred``/``details``: what pipeline.submit returned for ``meta`` with ``plan`` (the local-matching plan, so the
+    sidecar's local score describes the submitted pipeline). Returns (csv path, the submission as
     written, sidecar). The CSV is written through submit.write_submission (validated, atomic); the sidecar after it.
     """
     from ..io import write_json
     from ..submit import write_submission
 
     when = dt.datetime.now(dt.timezone.utc)
-    local = local_validation(meta, conf, task)
+    local = local_validation(meta, conf, task, plan)
     path = Path(folder) / record_name(config_path, local["value"], when)
     out = write_submission(pred, meta, path)
     sidecar = {
@@ -120,7 +135,9 @@ def record_submission(meta, conf: dict, config_path: str | Path | None, folder: 
         "config": conf,
         "kit_version": __version__,
         "git": git_info(),
-        "weights": weight_hashes(conf),
+        "weights": weight_hashes(conf, plan),
+        "local_matching": None if plan is None else {"matchers": plan.names, "shortlist": plan.topk,
+                                                     "pairs_estimated": plan.pairs, "plan": plan.why},
         "local_score": {k: local[k] for k in ("value", "pipeline", "how")},
         "validation": local["metrics"],
         # per dataset, the scalars of the open-set calibration (tau, its held-out score estimate, ...)

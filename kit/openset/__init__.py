@@ -3,15 +3,17 @@
 A query is called new when its open-set score falls below a threshold tau. Both are chosen per dataset
 (and pipeline) from the labelled database alone:
 
-1. Held-out splits. Whole identities of the database are held out as unknown individuals, together with
-   query images of the known ones (``calibration_splits``, openset/heldout.py). A small dataset gets several such splits, with
-   different identities held out, pooled until about ``openset.n_unknown`` unknown images have been seen.
-2. Open-set scores (``CANDIDATES``): the best identity score (``top1``), its margin over the second identity
-   (``margin``), and logistic regressions over a few per-query features (``query_features``, openset/decision.py), one of them
-   with query-side evidence (an unknown animal's photos resemble each other more than any database photo).
+1. Held-out splits (``heldout.py``). Whole identities of the database are held out as unknown individuals,
+   together with query images of the known ones (``calibration_splits``). A small dataset gets several such
+   splits, with different identities held out, pooled until about ``openset.n_unknown`` unknown images are seen.
+2. Open-set scores (``decision.py``, ``CANDIDATES``): the best identity score (``top1``), its margin over the
+   second identity (``margin``), and logistic regressions over a few per-query features (``query_features``),
+   one of them with query-side evidence (an unknown animal's photos resemble each other more than any database
+   photo).
 3. The candidate that wins an identity-grouped cross-validation of the whole procedure (fit, choose tau,
    decide unseen identities) is kept; tau maximises the competition score sqrt(BAKS * BAUS) on all the
-   held-out queries, averaged over identity resamples (``fit_threshold``, openset/threshold.py), which also give its uncertainty.
+   held-out queries, averaged over identity resamples (``fit_threshold``, ``threshold.py``), which also give
+   its uncertainty.
 
 All functions are plain numpy over per-query arrays: ``score: [Q]``, ``correct: [Q] bool`` (the top-1
 identity is right; ignored for unknowns), ``unknown: [Q] bool``, ``identity: [Q]`` (true identities, the

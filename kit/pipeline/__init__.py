@@ -5,9 +5,11 @@ pipeline on an open-set split of the folder's labelled rows. The task comes from
 (``task_of``): 2025 (database/query) is identification, 2026 (train/test) is clustering. ``kit submit``,
 ``kit validate``, the Kaggle provenance and the notebooks all come through here.
 
+- ``descriptors.py``: the global descriptors (``embed.model: auto`` picks them) and their embeddings;
+- ``local.py``: the local-matching plan (matchers, shortlist length, time) and the pair scores (kit.rerank);
+- ``pairs.py``: candidate pairs, their features and the pair models (kit.pairmodel): P(same individual);
 - ``identification.py``: 2025, each query a known identity or ``new_individual`` (kit.openset decides);
-- ``clustering.py``: 2026, test photos clustered into individuals (kit.cluster);
-- ``local.py``: local matching (kit.rerank) fed to either task.
+- ``clustering.py``: 2026, test photos clustered into individuals (kit.cluster).
 
 Each stage reads only its own config section; what it needs from the others is handed over here.
 """
@@ -17,17 +19,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import embed
-from ..cache import cache_root
 from ..data import labelled_mask
 from ..errors import DataError
 from ..schema import CLUSTERING, IDENTIFICATION, LAYOUT_TASK
 from ..splits import hide_answers, open_set_split
+from . import descriptors
 from .clustering import submit_clustering, validate_clustering
-from .identification import final_pipeline, fit_decisions, identify, match, validate_identification
+from .identification import final_pipeline, fit_decisions, identify, validate_identification
+from .local import Plan, plan_matching
+from .pairs import combine
 
-__all__ = ["embed_frame", "final_pipeline", "fit_decisions", "headline", "identify", "match", "submit", "task_of",
-           "validate", "validation_split"]
+__all__ = ["Plan", "combine", "embed_frame", "final_pipeline", "fit_decisions", "headline", "identify",
+           "plan_matching", "submit", "task_of", "validate", "validation_split"]
 
 
 def task_of(meta: pd.DataFrame, task: str = "auto") -> str:
@@ -50,68 +53,77 @@ def task_of(meta: pd.DataFrame, task: str = "auto") -> str:
     raise DataError(f"--task {task!r}: choose auto, {IDENTIFICATION} or {CLUSTERING}")
 
 
-def embed_frame(df: pd.DataFrame, conf: dict) -> np.ndarray:
-    """[len(df), D] float32 L2-normalised embeddings of ``df.filepath``, row-aligned with ``df``, through the cache."""
-    return embed.embed_paths(df["filepath"].tolist(), conf["embed"], cache_root(conf["cache"]))
+def embed_frame(df: pd.DataFrame, conf: dict) -> dict[str, np.ndarray]:
+    """{descriptor: [len(df), D] float32} L2-normalised embeddings of ``df.filepath``, row-aligned, cached."""
+    return descriptors.embed_all(df, conf)
 
 
-def submit(meta: pd.DataFrame, conf: dict, task: str = "auto") -> tuple[pd.DataFrame, dict]:
+def submit(meta: pd.DataFrame, conf: dict, task: str = "auto", plan: Plan | None = None
+           ) -> tuple[pd.DataFrame, dict]:
     """Predictions for every unlabelled row of a competition (data.read_competition), and per-dataset details.
 
     identification: ``image_id,identity`` (query order) of the submitted pipeline (``final_pipeline``), details
     {dataset: that pipeline's open-set calibration and evidence}; clustering: ``image_id,cluster`` (test order),
-    details {dataset: method, cut, held-out ARI, n_clusters, ...}.
+    details {dataset: method, cut, held-out ARI, n_clusters, ...}. ``plan``: the local-matching plan
+    (``plan_matching(meta, conf)`` when not given).
     """
     task = task_of(meta, task)
-    emb = embed_frame(meta, conf)
+    plan = plan or plan_matching(meta, conf)
+    embs = embed_frame(meta, conf)
     lab = labelled_mask(meta)
     if task == CLUSTERING:
-        return submit_clustering(meta, emb, lab, conf)
+        return submit_clustering(meta, combine(embs), lab, conf, plan)
     db, q = meta[lab].reset_index(drop=True), meta[~lab].reset_index(drop=True)
-    preds, details = identify(db, q, emb[lab], emb[~lab], conf)
-    final = final_pipeline(conf)
+    preds, details = identify(db, q, {d: e[lab] for d, e in embs.items()}, {d: e[~lab] for d, e in embs.items()},
+                              conf, plan)
+    final = final_pipeline(plan)
     return preds[final], {name: d.get(final, {}) for name, d in details.items()}
 
 
-def validation_split(meta: pd.DataFrame, conf: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """``(db, q, solution, emb)``: the open-set split of the labelled rows that ``validate`` scores on.
+def validation_split(meta: pd.DataFrame, conf: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """``(db, q, solution, embs)``: the open-set split of the labelled rows that ``validate`` scores on.
 
     Whole identities (about ``validate.n_unknown`` images per dataset) become unknown queries, and
     ``validate.query_fraction`` of each other identity's images known ones; ``q`` has lost its labels (the answer
-    key is ``solution``). Column ``_row`` of ``db`` and ``q`` indexes ``emb: [N, D]``, the labelled rows' embeddings.
+    key is ``solution``). Column ``_row`` of ``db`` and ``q`` indexes each array of ``embs`` ({descriptor:
+    [N, D]}, the labelled rows' embeddings).
     """
     vc = conf["validate"]
     lab = meta[labelled_mask(meta)].reset_index(drop=True)
     if lab.empty:
         raise DataError(f"{meta.attrs.get('root', 'the competition')}: validation needs labelled rows "
                         "(database or train identities); this competition has none")
-    emb = embed_frame(lab, conf)
+    embs = embed_frame(lab, conf)
     split = open_set_split(lab.assign(_row=np.arange(len(lab))), n_unknown=vc["n_unknown"],
                            query_fraction=vc["query_fraction"], seed=vc["seed"])
     db, q, solution = hide_answers(split)
-    return db, q, solution, emb
+    return db, q, solution, embs
 
 
-def validate(meta: pd.DataFrame, conf: dict, task: str = "auto") -> tuple[dict, dict]:
+def validate(meta: pd.DataFrame, conf: dict, task: str = "auto", plan: Plan | None = None) -> tuple[dict, dict]:
     """The submitted pipeline scored on ``validation_split``: (result, info).
 
-    identification: result {dataset: {pipeline: {R-1, R-5, R-20, mAP, BAKS, BAUS, score}}}; clustering: result
-    {dataset: {ARI, n_clusters, n_identities, n_images, method, cut, heldout_ARI[, ARI_fallback]}, "mean": {ARI}}.
-    info: {"details", "solution", "predictions"} for reports. No solution.csv is ever read.
+    identification: result {dataset: {pipeline: {R-1, R-5, R-20, mAP, shortlist_recall, BAKS, BAUS, score}}};
+    clustering: {dataset: {ARI, n_clusters, n_identities, n_images, method, cut, heldout_ARI[, ARI_fallback]},
+    "mean": {ARI}}. info: {"details", "solution", "predictions", "plan"} for reports. The local-matching plan is
+    the competition's (made from the whole folder, as submit makes it). No solution.csv is ever read.
     """
     task = task_of(meta, task)
-    db, q, solution, emb = validation_split(meta, conf)
+    plan = plan or plan_matching(meta, conf)
+    db, q, solution, embs = validation_split(meta, conf)
     if task == CLUSTERING:
-        return validate_clustering(db, q, solution, emb, conf)
-    return validate_identification(db, q, solution, emb, conf)
+        result, info = validate_clustering(db, q, solution, combine(embs), conf, plan)
+    else:
+        result, info = validate_identification(db, q, solution, embs, conf, plan)
+    return result, {**info, "plan": plan, "descriptors": list(embs)}
 
 
-def headline(result: dict, conf: dict, task: str) -> tuple[float | None, str]:
+def headline(result: dict, plan: Plan, task: str) -> tuple[float | None, str]:
     """The one number a validation run is judged by, and what it is: the mean over datasets of the submitted
     pipeline's AnimalCLEF25 score (identification; label = the pipeline) or the mean ARI (clustering)."""
     if task == CLUSTERING:
         value = result.get("mean", {}).get("ARI")
         return (None if value is None or value != value else float(value)), "ARI"
-    pipe = final_pipeline(conf)
+    pipe = final_pipeline(plan)
     scores = [pipes[pipe]["score"] for pipes in result.values() if "score" in pipes.get(pipe, {})]
     return (float(sum(scores) / len(scores)) if scores else None), pipe

@@ -1,171 +1,202 @@
 """The 2025 task wired: each query gets a known identity or ``new_individual``, per dataset.
 
-``identify`` does it for one labelled database and its queries: global cosine evidence (plus re-ranked and fused
-evidence when ``rerank.enabled``), then the open-set decision whose score and tau were fitted on held-out splits of
-the database alone (``fit_decisions``). Plain orchestration over the stage modules' arrays and DataFrames.
+Per dataset (``score_dataset``): candidate pairs for every query and every database photo (kit/pipeline/pairs.py),
+local match scores for them (the plan's matchers), and per pipeline a pair model fitted on the database pairs that
+turns each pair into P(same individual). An identity's score is its best photo's P. The open-set decision is
+then chosen on held-out splits of the database (``fit_decisions``), reading the pair model's out-of-fold P, so
+neither tau nor the pair model ever saw the pairs it is judged on, and no query label is read anywhere.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from .. import metrics, openset, retrieve
 from ..schema import NEW_INDIVIDUAL
-from .local import refine
+from .local import Plan, score_candidates
+from .pairs import FUSED, GLOBAL, candidates, combine, feature_names, fit_models, flanks, probability_matrix
 
 
-def final_pipeline(conf: dict) -> str:
-    """The pipeline whose predictions are submitted: fused when re-ranking is on, else global."""
-    return "fused" if conf["rerank"].get("enabled") else "global"
+def final_pipeline(plan: Plan) -> str:
+    """The pipeline whose predictions are submitted: fused when local matching runs, else global."""
+    return FUSED if plan.scorers else GLOBAL
 
 
-def _evidence(sims: np.ndarray, db: pd.DataFrame, conf: dict) -> dict:
-    identities, id_scores = retrieve.identity_scores(
-        sims, db["identity"].to_numpy(), conf["retrieve"]["aggregate"], conf["retrieve"]["topm"])
+def pipelines(plan: Plan) -> list[str]:
+    return [GLOBAL] + ([FUSED] if plan.scorers else [])
+
+
+@dataclass
+class DatasetScores:
+    """One dataset's image scores: ``db [N, N]`` (database photos as pseudo-queries, out-of-fold P) and
+    ``q [Q, N]`` per pipeline, the global mean cosines behind them, and each pipeline's pair model."""
+
+    db_frame: pd.DataFrame
+    cos_db: np.ndarray  # [N, N] mean cosine among database photos (diagonal -inf)
+    cos_q: np.ndarray  # [Q, N]
+    cos_qq: np.ndarray  # [Q, Q] among the queries (for the query-side open-set evidence)
+    db: dict[str, np.ndarray] = field(default_factory=dict)
+    q: dict[str, np.ndarray] = field(default_factory=dict)
+    models: dict[str, object] = field(default_factory=dict)  # pipeline -> PairFit
+
+
+def _evidence(sims: np.ndarray, labels: np.ndarray, conf: dict) -> dict:
+    identities, id_scores = retrieve.identity_scores(sims, labels, conf["retrieve"]["aggregate"],
+                                                     conf["retrieve"]["topm"])
     top = id_scores.argmax(axis=1)
-    return {"sims": sims, "identities": identities, "id_scores": id_scores,
-            "top_identity": identities[top], "score": id_scores[np.arange(len(top)), top]}
+    return {"sims": sims, "identities": identities, "id_scores": id_scores, "top_identity": identities[top],
+            "score": id_scores[np.arange(len(top)), top]}
 
 
-def match(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.ndarray, conf: dict
-          ) -> dict[str, dict]:
-    """Evidence for one dataset's queries against its database, per pipeline.
+def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, conf: dict, plan: Plan
+                   ) -> dict[str, DatasetScores]:
+    """``score_dataset`` for every dataset with database photos; pair models fitted per dataset (pooled where a
+    dataset is too small, kit/pipeline/pairs.py fit_models)."""
+    rc, k = conf["rerank"], plan.topk
+    tables, built = {}, {}
+    for name in sorted(db["dataset"].unique()):
+        dm, qm = (db["dataset"] == name).to_numpy(), (q["dataset"] == name).to_numpy()
+        ed = {d: e[dm] for d, e in embs_db.items()}
+        eq = {d: e[qm] for d, e in embs_q.items()}
+        dbf, qf = db[dm].reset_index(drop=True), q[qm].reset_index(drop=True)
+        labels = dbf["identity"].to_numpy(dtype=object)
+        fl_db, fl_q = flanks(dbf), flanks(qf)
+        cand_db = candidates(ed, ed, labels, k, int(rc["per_identity"]), True, fl_db, fl_db)
+        cand_q = candidates(eq, ed, labels, k, int(rc["per_identity"]), False, fl_q, fl_db)
+        if plan.scorers:
+            skip = rc["skip_opposite_flanks"]
+            score_candidates(plan, cand_db, dbf["filepath"].tolist(), dbf["filepath"].tolist(), conf,
+                             cand_db.cols["flank_opposite"] > 0 if skip else None)
+            score_candidates(plan, cand_q, qf["filepath"].tolist(), dbf["filepath"].tolist(), conf,
+                             cand_q.cols["flank_opposite"] > 0 if skip else None)
+        cdb, cq = combine(ed), combine(eq)
+        cos_db = cdb @ cdb.T
+        np.fill_diagonal(cos_db, -np.inf)
+        built[name] = (DatasetScores(dbf, cos_db, cq @ cdb.T, cq @ cq.T), cand_db, cand_q)
+        tables[name] = (cand_db, labels)
+    for pipe in pipelines(plan):
+        fits = fit_models(tables, pipe, conf["pairmodel"])
+        for name, (scores, cand_db, cand_q) in built.items():
+            fit = fits[name]
+            n = len(scores.db_frame)
+            scores.db[pipe] = probability_matrix(cand_db, fit.oof, n, scores.cos_db)
+            p_q = fit.model.predict({c: v for c, v in cand_q.flat().items()
+                                     if c in feature_names(cand_q.cols, pipe)})
+            scores.q[pipe] = probability_matrix(cand_q, p_q, n, scores.cos_q)
+            scores.models[pipe] = fit
+    return {name: s for name, (s, _, _) in built.items()}
 
-    Returns {pipeline: evidence}; "global" always, "reranked" and "fused" when ``rerank.enabled``.
-    Each evidence is a dict of arrays:
-      sims: [Q, N] float32, query x database image score (cosine for global);
-      identities: [I] object; id_scores: [Q, I] float32 (aggregated per identity);
-      top_identity: [Q] object; score: [Q] float32, the open-set score (best identity score).
-    """
-    scores = {"global": retrieve.similarity(emb_q, emb_db)}
-    if conf["rerank"].get("enabled"):
-        scores.update(refine(scores["global"], db, q, emb_db, conf))
-    return {name: _evidence(s, db, conf) for name, s in scores.items()}
+
+def _features(ev: dict, cos: np.ndarray, cos_qq: np.ndarray | None, conf: dict) -> dict[str, np.ndarray]:
+    """Open-set features of one query set: from its pipeline's identity scores, and the global evidence."""
+    qb = openset.best_other(cos_qq) if conf["openset"]["query_evidence"] and cos_qq is not None else None
+    return openset.query_features(ev["id_scores"], cos.max(axis=1), qb)
 
 
-def _pipelines(conf: dict) -> list[str]:
-    return ["global"] + (["reranked", "fused"] if conf["rerank"].get("enabled") else [])
-
-
-def _query_best(emb_q: np.ndarray, conf: dict) -> np.ndarray | None:
-    """[Q] best cosine of each query to another query of its set, or None with openset.query_evidence off."""
-    if not conf["openset"]["query_evidence"]:
-        return None
-    return openset.best_other(retrieve.similarity(emb_q, emb_q))
-
-
-def _features(ev: dict, global_ev: dict, query_best: np.ndarray | None) -> dict[str, np.ndarray]:
-    return openset.query_features(ev["id_scores"], global_ev["sims"].max(axis=1), query_best)
-
-
-def _mix_query_fraction(part: pd.DataFrame, emb_db: np.ndarray, emb_q: np.ndarray, conf: dict
-                        ) -> tuple[float, float]:
-    """(estimated unknown share of the real queries, known-query fraction matching it) for one dataset.
-
-    One held-out split with the default query fraction gives the labelled global top-1 score distributions
-    of known and unknown queries; the real queries' global top-1 (against the whole database) is fitted as
-    their mixture (openset.estimate_unknown_share). Only global cosine scores are used: cheap.
-    """
+def _mix_query_fraction(part: pd.DataFrame, scores: DatasetScores, conf: dict) -> tuple[float, float]:
+    """(estimated unknown share of the real queries, known-query fraction matching it) for one dataset, from the
+    global top-1 cosine of a held-out split's known and unknown queries and of the real queries (their mixture)."""
     oc = conf["openset"]
     qf = oc["query_fraction"]
     splits = openset.calibration_splits(part, oc["n_unknown"], qf, 1, 1, oc["seed"])
-    if not splits or len(emb_q) == 0:
+    if not splits or not len(scores.cos_q):
         return float("nan"), qf
     s = splits[0]
     cal_db, cal_q = s[s["split"] == "database"], s[s["split"] == "query"]
-    cal = _evidence(retrieve.similarity(emb_db[cal_q["_row"]], emb_db[cal_db["_row"]]), cal_db, conf)
-    real = _evidence(retrieve.similarity(emb_q, emb_db[part["_row"]]), part, conf)
+    labels = part["identity"].to_numpy(dtype=object)
+    cal = _evidence(scores.cos_db[np.ix_(cal_q["_row"], cal_db["_row"])], labels[cal_db["_row"]], conf)
+    real = _evidence(scores.cos_q, labels, conf)
     new = cal_q["new_identity"].to_numpy()
     share = openset.estimate_unknown_share(real["score"], cal["score"][~new], cal["score"][new])
-    n_known_images = int((~s["new_identity"]).sum())
-    return share, openset.matched_query_fraction(share, int(new.sum()), n_known_images, qf)
+    return share, openset.matched_query_fraction(share, int(new.sum()), int((~s["new_identity"]).sum()), qf)
 
 
-def fit_decisions(db: pd.DataFrame, emb_db: np.ndarray, conf: dict, q: pd.DataFrame | None = None,
-                         emb_q: np.ndarray | None = None) -> dict[str, dict[str, dict]]:
-    """Per dataset and pipeline: the open-set scorer and tau, chosen on held-out open-set splits of the
-    database (openset.calibration_splits). Query labels are never looked at; the unlabelled queries ``q``
-    (with ``emb_q``: [Q, D]), when given and ``openset.match_mix`` is on, only set the held-out splits'
-    known:unknown query mix to the one estimated for them.
+def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> dict[str, dict[str, dict]]:
+    """Per dataset and pipeline: the open-set scorer and tau, chosen on held-out open-set splits of the database
+    (openset.calibration_splits), reading the database pairs' out-of-fold P: nothing is matched again per split.
 
     Returns {dataset: {pipeline: {"tau", "heldout_score" (cross-validated), "candidate", "scorer"
     (openset.Scorer), "n_unknown", "n_known" (held-out query images, all splits), "n_splits",
     "unknown_share" (estimate for the real queries), "query_fraction", "calibration" (openset.fit_decision)}}}.
     """
-    oc = conf["openset"]
-    pipes = _pipelines(conf)
+    oc, pipes = conf["openset"], pipelines(plan)
     out: dict[str, dict] = {}
-    if oc["threshold"] != "auto":
-        fixed = {"tau": float(oc["threshold"]), "heldout_score": float("nan"), "candidate": "top1",
-                 "scorer": openset.make_scorer("top1"), "n_unknown": 0, "n_known": 0, "note": "fixed threshold"}
-        return {name: {p: dict(fixed) for p in pipes} for name in db["dataset"].unique()}
-    for name, part in db.assign(_row=np.arange(len(db))).groupby("dataset", sort=True):
-        share, qf = float("nan"), oc["query_fraction"]
-        if oc["match_mix"] and q is not None and emb_q is not None:
-            qmask = (q["dataset"] == name).to_numpy()
-            share, qf = _mix_query_fraction(part, emb_db, emb_q[qmask], conf)
-        max_repeats = min(oc["max_repeats"], oc["max_repeats_rerank"]) if len(pipes) > 1 else oc["max_repeats"]
-        splits = openset.calibration_splits(part, oc["n_unknown"], qf, oc["repeats"], max_repeats, oc["seed"])
-        if not splits:
-            fb = {"tau": float(oc["fallback_threshold"]), "heldout_score": float("nan"), "candidate": "top1",
-                  "scorer": openset.make_scorer("top1"), "n_unknown": 0, "n_known": 0,
-                  "note": "too few identities to hold out; using openset.fallback_threshold"}
-            out[name] = {p: dict(fb) for p in pipes}
+    for name, sc in scores.items():
+        if oc["threshold"] != "auto":
+            out[name] = {p: {"tau": float(oc["threshold"]), "heldout_score": float("nan"), "candidate": "top1",
+                             "scorer": openset.make_scorer("top1"), "n_unknown": 0, "n_known": 0,
+                             "note": "fixed threshold"} for p in pipes}
             continue
+        part = sc.db_frame.assign(_row=np.arange(len(sc.db_frame)))
+        share, qf = _mix_query_fraction(part, sc, conf) if oc["match_mix"] else (float("nan"), oc["query_fraction"])
+        splits = openset.calibration_splits(part, oc["n_unknown"], qf, oc["repeats"], oc["max_repeats"], oc["seed"])
+        if not splits:
+            print(f"warning: {name}: too few identities to hold any out, so tau is openset.fallback_threshold="
+                  f"{oc['fallback_threshold']} (not calibrated)", flush=True)
+            out[name] = {p: {"tau": float(oc["fallback_threshold"]), "heldout_score": float("nan"),
+                             "candidate": "top1", "scorer": openset.make_scorer("top1"), "n_unknown": 0,
+                             "n_known": 0, "note": "too few identities to hold out; using openset.fallback_threshold"}
+                         for p in pipes}
+            continue
+        labels = part["identity"].to_numpy(dtype=object)
         pooled: dict[str, dict[str, list]] = {p: {} for p in pipes}
-        labels: dict[str, list] = {"correct": [], "unknown": [], "identity": [], "group": []}
+        lab: dict[str, list] = {"unknown": [], "identity": [], "group": []}
         for r, s in enumerate(splits):
-            cal_db = s[s["split"] == "database"].reset_index(drop=True)
-            cal_q = s[s["split"] == "query"].reset_index(drop=True)
-            evs = match(cal_db, cal_q, emb_db[cal_db["_row"]], emb_db[cal_q["_row"]], conf)
-            query_best = _query_best(emb_db[cal_q["_row"]], conf)
-            truth = cal_q["identity"].to_numpy()
-            for pipe, ev in evs.items():
-                for f, v in _features(ev, evs["global"], query_best).items():
+            qi = s.loc[s["split"] == "query", "_row"].to_numpy()
+            di = s.loc[s["split"] == "database", "_row"].to_numpy()
+            truth = labels[qi]
+            cos = sc.cos_db[np.ix_(qi, di)]
+            for pipe in pipes:
+                ev = _evidence(sc.db[pipe][np.ix_(qi, di)], labels[di], conf)
+                for f, v in _features(ev, cos, sc.cos_db[np.ix_(qi, qi)], conf).items():
                     pooled[pipe].setdefault(f, []).append(v)
                 pooled[pipe].setdefault("_correct", []).append(ev["top_identity"] == truth)
-            labels["unknown"].append(cal_q["new_identity"].to_numpy(bool))
-            labels["identity"].append(np.array([f"{r}:{t}" for t in truth], dtype=object))
-            labels["group"].append(truth.astype(str))
-        unknown, identity, group = (np.concatenate(labels[k]) for k in ("unknown", "identity", "group"))
+            lab["unknown"].append(s.loc[s["split"] == "query", "new_identity"].to_numpy(bool))
+            lab["identity"].append(np.array([f"{r}:{t}" for t in truth], dtype=object))
+            lab["group"].append(truth.astype(str))
+        unknown, identity, group = (np.concatenate(lab[k]) for k in ("unknown", "identity", "group"))
         out[name] = {}
         for pipe in pipes:
             feats = {f: np.concatenate(v) for f, v in pooled[pipe].items() if f != "_correct"}
             cal = openset.fit_decision(feats, np.concatenate(pooled[pipe]["_correct"]), unknown, identity, group, oc)
-            out[name][pipe] = {"tau": cal["tau"], "heldout_score": cal["heldout_score"],
-                               "candidate": cal["candidate"], "scorer": cal["scorer"],
-                               "n_unknown": int(unknown.sum()), "n_known": int((~unknown).sum()),
-                               "n_splits": len(splits), "unknown_share": share, "query_fraction": qf,
-                               "calibration": cal}
+            out[name][pipe] = {"tau": cal["tau"], "heldout_score": cal["heldout_score"], "candidate": cal["candidate"],
+                               "scorer": cal["scorer"], "n_unknown": int(unknown.sum()),
+                               "n_known": int((~unknown).sum()), "n_splits": len(splits), "unknown_share": share,
+                               "query_fraction": qf, "calibration": cal,
+                               "pair_model": {**sc.models[pipe].model.describe(), "cv_mrr": sc.models[pipe].cv,
+                                              "note": sc.models[pipe].note}}
     return out
 
 
-def identify(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.ndarray, conf: dict
+def identify(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, conf: dict, plan: Plan
              ) -> tuple[dict[str, pd.DataFrame], dict]:
     """Predictions ``image_id,identity`` for every query row (in ``q`` order), per pipeline, and details.
 
-    db, emb_db: the labelled images and their [N, D] embeddings; q, emb_q: the queries and [Q, D].
+    db, embs_db: the labelled images and {descriptor: [N, D]}; q, embs_q: the queries and {descriptor: [Q, D]}.
     Returns ({pipeline: predictions}, {dataset: {pipeline: {**fit_decisions' entry, "evidence",
     "query_index" [Q_d] (q's index), "features" {name: [Q_d]}, "openset_score" [Q_d]}}}).
     """
-    thresholds = fit_decisions(db, emb_db, conf, q, emb_q)
-    pipes = _pipelines(conf)
+    scores = score_datasets(db, q, embs_db, embs_q, conf, plan)
+    thresholds = fit_decisions(scores, conf, plan)
+    pipes = pipelines(plan)
     preds = {p: pd.Series(NEW_INDIVIDUAL, index=q.index, dtype=object) for p in pipes}
     details: dict[str, dict] = {}
     for name, qpart in q.groupby("dataset", sort=True):
-        dmask = (db["dataset"] == name).to_numpy()
-        if not dmask.any():  # a dataset with no known individuals: every query is new
-            details[name] = {p: {"tau": None, "note": "no database images: all queries new_individual"}
+        if name not in scores:  # a dataset with no known individuals: every query is new
+            print(f"warning: {name}: no database photos, so all {len(qpart)} queries are {NEW_INDIVIDUAL}", flush=True)
+            details[name] = {p: {"tau": None, "note": f"no database images: all queries {NEW_INDIVIDUAL}"}
                              for p in pipes}
             continue
-        qrows = q.index.get_indexer(qpart.index)
-        evs = match(db[dmask].reset_index(drop=True), qpart, emb_db[dmask], emb_q[qrows], conf)
-        query_best = _query_best(emb_q[qrows], conf)
+        sc = scores[name]
+        labels = sc.db_frame["identity"].to_numpy(dtype=object)
         details[name] = {}
-        for pipe, ev in evs.items():
+        for pipe in pipes:
             th = thresholds[name][pipe]
-            feats = _features(ev, evs["global"], query_best)
+            ev = _evidence(sc.q[pipe], labels, conf)
+            feats = _features(ev, sc.cos_q, sc.cos_qq, conf)
             score = th["scorer"](feats)
             preds[pipe].loc[qpart.index] = openset.decide(ev["top_identity"], score, th["tau"])
             details[name][pipe] = {**th, "evidence": ev, "query_index": qpart.index.to_numpy(),
@@ -176,14 +207,17 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, emb_q: np.nd
     return out, details
 
 
-def validate_identification(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFrame, emb: np.ndarray, conf: dict
-                            ) -> tuple[dict, dict]:
+def validate_identification(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFrame, embs: dict, conf: dict,
+                            plan: Plan) -> tuple[dict, dict]:
     """Metrics of ``identify`` on the held-out queries ``q`` against ``db``: {dataset: {pipeline: {metric: value}}}.
 
-    ``db``/``q`` (column ``_row`` indexes ``emb: [N, D]``) and ``solution`` (the answer key, used only here, to
-    score) come from the validation split. Returns (metrics, {"details", "solution", "predictions"}).
+    ``db``/``q`` (column ``_row`` indexes each ``embs`` array) and ``solution`` (the answer key, used only here,
+    to score) come from the validation split. Returns (metrics, {"details", "solution", "predictions"}).
+    Besides the competition metrics, ``shortlist_recall``: the share of known queries whose identity is among
+    their candidates (what local matching and the pair model can reach at all).
     """
-    preds, details = identify(db, q, emb[db["_row"]], emb[q["_row"]], conf)
+    pick = lambda rows: {d: e[rows] for d, e in embs.items()}  # noqa: E731
+    preds, details = identify(db, q, pick(db["_row"]), pick(q["_row"]), conf, plan)
     result: dict[str, dict] = {}
     for pipe, pred in preds.items():
         _, table = metrics.score_2025(solution, pred)
@@ -199,6 +233,10 @@ def validate_identification(db: pd.DataFrame, q: pd.DataFrame, solution: pd.Data
                 ranked = retrieve.ranked_labels(ev["sims"][known], db_labels, 20)
                 entry.update(metrics.rank_k(ranked, truth[known], ks=(1, 5, 20)))
                 entry["mAP"] = metrics.mean_average_precision(ev["sims"][known], db_labels, truth[known])
+                listed = ev["sims"][known] > -1  # candidates carry P >= 0, the rest -2 + cosine
+                entry["shortlist_recall"] = float(np.mean(
+                    [(listed[r] & (db_labels == t)).any() for r, t in enumerate(truth[known])])) if known.any() \
+                    else float("nan")
             if name in table.index:
                 row = table.loc[name]
                 entry.update({"BAKS": float(row["BAKS"]), "BAUS": float(row["BAUS"]), "score": float(row["score"])})

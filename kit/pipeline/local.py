@@ -1,92 +1,213 @@
-"""Local matching wired into both tasks: the re-ranking stage (kit.rerank) fed from the whole config.
+"""Local matching wired into both tasks: which matchers run, on how many pairs (the plan), and their pair scores.
 
-kit.rerank reads only its own ``rerank`` section; what else it needs (the shortlist length, the cache folder, the
-photos' paths, identities and flanks) is handed over here.
+kit.rerank reads only its own ``rerank`` section; what else it needs (the shortlist, the cache folder, the photos'
+paths and flanks) is handed over here. The plan is made once per competition, from the whole folder's sizes and
+a short timed probe of each matcher on this machine (cached, so validate and submit plan alike), and printed
+before any matching: matchers, pairs, estimated time. ``rerank.enabled: auto`` matches whenever the estimate fits
+``rerank.budget_s``; over budget the shortlist shrinks first, then the slowest matcher goes; a plan that cannot fit
+is said, never dropped silently.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from ..cache import cache_root
+from ..cache import cache_root, spec_hash
 from ..cluster import LocalFn
-from ..retrieve import topk_cosine
+from ..data import labelled_mask
+from ..io import write_json
+from .pairs import Candidates, add_local
+
+LADDER = (200, 100, 50, 25)  # shortlist lengths a plan falls back to, in order, when matching all is over budget
+SYMMETRIC_SHARE = 0.6  # database x database pairs left after each unordered pair is matched once (measured ~0.55)
 
 
-def refine(global_scores: np.ndarray, db: pd.DataFrame, q: pd.DataFrame, emb_db: np.ndarray, conf: dict
-           ) -> dict[str, np.ndarray]:
-    """Re-ranked and fused image scores for one dataset's queries (the 2025 task).
+@dataclass
+class Plan:
+    """What local matching will do for a competition: ``scorers`` (kit.rerank.scorers; empty = off), the
+    shortlist length ``topk``, and the estimate it was chosen by."""
 
-    ``global_scores: [Q, N] float32`` cosine of the queries ``q`` to the database ``db`` (frames with
-    ``filepath``, ``identity``, ``orientation``), ``emb_db: [N, D] float32``; ``conf`` the whole config.
-    Returns ``{"reranked": [Q, N] float32, "fused": [Q, N] float32}``:
-      reranked: the shortlist ordered by the local score alone (what the founding study did), every photo
-        outside the shortlist below every photo in it (-1); pairs left unmatched (opposite flanks) score 0;
-      fused: calibrated P(same identity) for every pair, the global one outside the shortlist.
-    """
-    from .. import rerank
+    scorers: list = field(default_factory=list)
+    topk: int = 100
+    pairs: int = 0
+    seconds: float = 0.0
+    why: str = ""
 
-    rc = rerank.rerank_conf(conf["rerank"])
-    fused, info = rerank.rerank_fuse(
-        q["filepath"].tolist(), db["filepath"].tolist(), global_scores, db["identity"].to_numpy(), emb_db,
-        int(conf["retrieve"]["topk"]), rc, cache_root(conf["cache"]),
-        query_orientation=q["orientation"].tolist(), gallery_orientation=db["orientation"].tolist())
-    index, local = info["index"], info["local"][rc["local_score"]]
-    reranked = np.full(global_scores.shape, -1.0, np.float32)
-    rows = np.broadcast_to(np.arange(len(index))[:, None], index.shape)
-    ok = index >= 0
-    reranked[rows[ok], index[ok]] = np.nan_to_num(local[ok], nan=0.0)
-    return {"reranked": reranked, "fused": fused.astype(np.float32)}
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.scorers]
 
 
-def cluster_local_fn(conf: dict) -> LocalFn | None:
-    """The 2026 clustering's local scores: a LocalFn matching each photo against its ``cluster.rerank_topk``
-    nearest photos (by cosine) with the re-ranker's local features and matcher, returning the
-    ``rerank.local_score`` of each matched pair (NaN elsewhere), symmetrised by the max of both directions.
-    None when re-ranking is off or ``cluster.rerank_topk`` is 0. Weights resolve now (WeightsError if missing)."""
-    k = int(conf["cluster"]["rerank_topk"])
-    if not conf["rerank"].get("enabled") or k <= 0:
-        return None
-    from .. import rerank
+def extractor_names(rc: dict, on_gpu: bool) -> list[str]:
+    """rerank.extractor as a list: ``auto`` is LightGlue (ALIKED) and RootSIFT on a GPU, RootSIFT on a CPU, where
+    the kit's LightGlue matches about 2 pairs/s and RootSIFT a few hundred."""
+    ex = rc["extractor"]
+    if ex == "auto":
+        return ["aliked-n16", "sift"] if on_gpu else ["sift"]
+    return [ex] if isinstance(ex, str) else list(ex)
 
-    rc = rerank.rerank_conf(conf["rerank"])
-    matcher = rerank.LocalMatcher(rc)
+
+def _probe_image(path: Path) -> None:
+    """A 512 x 384 photo-like card with corners and blobs, so every extractor finds its full keypoint budget."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = np.kron(rng.integers(0, 255, (48, 64, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    Image.fromarray(img).save(path, quality=90)
+
+
+def probe(scorer, cache_dir: Path | None) -> dict:
+    """Seconds per photo to extract and pairs per second to match, measured once on this machine (cached)."""
+    import torch
+
+    machine = f"{platform.node()}|{os.cpu_count()}|{torch.cuda.get_device_name() if torch.cuda.is_available() else ''}"
+    key = spec_hash({"probe": scorer.cache_spec(), "machine": machine, "version": 1})
+    path = None if cache_dir is None else Path(cache_dir) / "probe" / f"{key}.json"
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
+    with tempfile.TemporaryDirectory(prefix="kit-probe-") as tmp:
+        img = Path(tmp) / "probe.jpg"
+        _probe_image(img)
+        scorer.extract([str(img)])  # the first extraction loads the network
+        t = time.perf_counter()
+        feats = scorer.extract([str(img)] * 2)
+        extract_s = (time.perf_counter() - t) / 2
+    rng = np.random.default_rng(0)
+    n = 64 if scorer.family == "sift" else 4
+    noisy = {k: np.repeat(v, n, 0) for k, v in feats.items()}
+    d = noisy["descriptors"].astype(np.float32) + 0.05 * np.abs(rng.normal(size=noisy["descriptors"].shape))
+    noisy["descriptors"] = (d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-6)).astype(np.float16)
+    pairs = np.stack([np.zeros(n, np.int64), np.arange(n)], 1)
+    scorer.score(noisy, noisy, pairs[:2])  # warm-up
+    rates = []
+    for _ in range(3 if scorer.family == "sift" else 1):  # the best of three: a busy moment is not this machine
+        t = time.perf_counter()
+        scorer.score(noisy, noisy, pairs)
+        rates.append(n / max(time.perf_counter() - t, 1e-6))
+    out = {"extract_s": extract_s, "pairs_per_s": max(rates), "machine": machine}
+    if path is not None:
+        write_json(out, path)
+    return out
+
+
+def _pairs_for(sizes: list[tuple[int, int]], k: int) -> int:
+    """Pairs a shortlist of ``k`` costs: each query's k, and each database photo's k against the others."""
+    return int(sum(q * min(k, n) + SYMMETRIC_SHARE * n * min(k, max(n - 1, 0)) for n, q in sizes))
+
+
+def plan_matching(meta: pd.DataFrame, conf: dict, verbose: bool = True) -> Plan:
+    """The plan for a competition (see the module docstring); ``meta`` is the whole folder."""
+    rc, topk = conf["rerank"], conf["retrieve"]["topk"]
+    if rc["enabled"] is False:
+        return Plan(topk=_as_k(topk, meta), why="local matching off (rerank.enabled=false)")
+    from ..device import resolve
+    from ..rerank import make_scorer, rerank_conf
+
+    rc = rerank_conf(rc)
+    names = extractor_names(rc, resolve(rc["device"]).type == "cuda")
     cache_dir = cache_root(conf["cache"])
-    chunk = int(conf["retrieve"]["chunk_size"])
+    scorers = [make_scorer(n, rc) for n in names]
+    rates = {s.name: probe(s, cache_dir) for s in scorers}
+    lab = labelled_mask(meta)
+    sizes = [(int((lab & (meta["dataset"] == d)).sum()), int((~lab & (meta["dataset"] == d)).sum()))
+             for d in sorted(meta["dataset"].unique())]
+    photos = len(meta)
+    largest = max(n for n, _ in sizes) if sizes else 0
+    ladder = [k for k in (_as_k(topk, meta), *LADDER) if k <= _as_k(topk, meta)]
+    budget = float(rc["budget_s"])
+    while scorers:
+        for k in dict.fromkeys(min(k, largest) for k in ladder):
+            pairs = _pairs_for(sizes, k)
+            secs = sum(photos * rates[s.name]["extract_s"] + pairs / rates[s.name]["pairs_per_s"] for s in scorers)
+            if secs <= budget:
+                why = (f"local matching: {', '.join(s.name for s in scorers)} on {pairs:,} pairs (shortlist {k}), "
+                       f"about {secs / 60:.1f} min on {scorers[0].device_name} (budget {budget / 60:.0f} min; "
+                       + "; ".join(f"{s.name} {rates[s.name]['pairs_per_s']:.0f} pairs/s, "
+                                   f"{1 / max(rates[s.name]['extract_s'], 1e-6):.1f} photos/s" for s in scorers) + ")")
+                plan = Plan(scorers, k, pairs, secs, why)
+                if verbose:
+                    print(why, flush=True)
+                return plan
+        slowest = min(scorers, key=lambda s: rates[s.name]["pairs_per_s"])
+        if verbose:
+            print(f"local matching: {slowest.name} does not fit rerank.budget_s={budget:.0f} even at shortlist "
+                  f"{ladder[-1]}; dropping it", flush=True)
+        scorers = [s for s in scorers if s is not slowest]
+    k = min(ladder[-1], largest)
+    if rc["enabled"] is True:  # asked for: run the cheapest plan anyway, and say it is over budget
+        scorers = [min((make_scorer(n, rc) for n in names), key=lambda s: -rates[s.name]["pairs_per_s"])]
+        pairs = _pairs_for(sizes, k)
+        why = (f"local matching: {scorers[0].name} on {pairs:,} pairs (shortlist {k}) is over rerank.budget_s="
+               f"{budget:.0f} but rerank.enabled=true asks for it")
+        if verbose:
+            print(why, flush=True)
+        return Plan(scorers, k, pairs, 0.0, why)
+    why = (f"local matching OFF: no matcher fits rerank.budget_s={budget:.0f} s on this machine; raise it, or set "
+           "rerank.enabled=true to match anyway")
+    if verbose:
+        print(why, flush=True)
+    return Plan([], _as_k(topk, meta), 0, 0.0, why)
+
+
+def _as_k(topk, meta: pd.DataFrame) -> int:
+    return len(meta) if topk == "all" else int(topk)
+
+
+def score_candidates(plan: Plan, cand: Candidates, paths_q: list[str], paths_db: list[str], conf: dict,
+                     skip: np.ndarray | None = None, memo: dict | None = None) -> None:
+    """Fill ``cand`` with every planned matcher's columns (``add_local``); ``skip [R, K] bool`` pairs stay unmatched
+    (opposite flanks with rerank.skip_opposite_flanks)."""
+    from ..rerank import score_pairs
+
+    done = cand.valid & (True if skip is None else ~skip)
+    rows = np.broadcast_to(np.arange(len(done))[:, None], done.shape)[done]
+    pairs = np.stack([rows, cand.index[done]], 1)
+    cache_dir = cache_root(conf["cache"])
+    for scorer in plan.scorers:
+        scores = score_pairs(scorer, paths_q, paths_db, pairs, cache_dir,
+                             memo=None if cache_dir else (memo if memo is not None else {}).setdefault(scorer.name, {}))
+        add_local(cand, scorer.name, scores, done)
+
+
+def cluster_local_fn(conf: dict, plan: Plan) -> LocalFn | None:
+    """The 2026 clustering's local scores: a LocalFn matching each photo against its ``cluster.rerank_topk``
+    nearest photos (by cosine) with the plan's first matcher, returning the strict match count of each matched
+    pair (NaN elsewhere), symmetrised by the max of both directions. None when the plan matches nothing or
+    ``cluster.rerank_topk`` is 0."""
+    k = int(conf["cluster"]["rerank_topk"])
+    if not plan.scorers or k <= 0:
+        return None
+    from ..rerank import orientation_pair_mask, score_pairs
+    from ..retrieve import topk_cosine
+
+    scorer, cache_dir, chunk = plan.scorers[0], cache_root(conf["cache"]), int(conf["retrieve"]["chunk_size"])
+    memo: dict = {}
 
     def local_fn(frame: pd.DataFrame, emb: np.ndarray) -> np.ndarray:
         m = len(frame)
         out = np.full((m, m), np.nan, np.float32)
         if m < 2:
             return out
-        index = _nearest_others(emb, min(k, m - 1), chunk)  # [m, k]
-        mask = index >= 0
-        if rc["skip_opposite_flanks"] and "orientation" in frame.columns:
+        _, index = topk_cosine(emb, emb, min(k, m - 1) + 1, chunk_size=chunk)
+        index = np.stack([r[r != i][:min(k, m - 1)] for i, r in enumerate(index)])  # the photo itself dropped
+        mask = np.ones(index.shape, bool)
+        if conf["rerank"]["skip_opposite_flanks"] and "orientation" in frame.columns:
             o = frame["orientation"].to_numpy()
-            mask &= rerank.orientation_pair_mask(o, o, index)
-        # each unordered pair once: (i, j) with j < i is skipped when i is in j's shortlist too
-        rows = np.repeat(np.arange(m), index.shape[1]).reshape(index.shape)
-        listed = np.zeros((m, m), bool)
-        listed[rows[index >= 0], index[index >= 0]] = True
-        mask &= ~((index < rows) & listed[np.clip(index, 0, None), rows])
+            mask &= orientation_pair_mask(o, o, index)
+        rows = np.broadcast_to(np.arange(m)[:, None], index.shape)
+        pairs = np.stack([rows[mask], index[mask]], 1)
         paths = frame["filepath"].tolist()
-        local = rerank.rerank_shortlist(paths, paths, index, rc, cache_dir, pair_mask=mask, matcher=matcher)
-        score = local[rc["local_score"]] if rc["local_score"] in local else local["n_matches"]
-        ok = mask & np.isfinite(score)
-        out[rows[ok], index[ok]] = score[ok]
+        score = score_pairs(scorer, paths, paths, pairs, cache_dir, memo=None if cache_dir else memo)["n_strict"]
+        out[pairs[:, 0], pairs[:, 1]] = score
         return np.fmax(out, out.T)
 
     return local_fn
-
-
-def _nearest_others(emb: np.ndarray, k: int, chunk_size: int) -> np.ndarray:
-    """[M, k] int64: each photo's k nearest other photos by cosine (descending, ties to the lower index), from
-    retrieve's bounded-memory top-K (k + 1 neighbours, the photo itself dropped)."""
-    _, index = topk_cosine(emb, emb, k + 1, chunk_size=chunk_size)
-    m = len(emb)
-    keep = index != np.arange(m)[:, None]  # the photo itself, wherever ties placed it
-    out = np.empty((m, k), np.int64)
-    for r in range(m):
-        out[r] = index[r][keep[r]][:k]
-    return out

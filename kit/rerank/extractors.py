@@ -19,7 +19,7 @@ from torch import nn
 
 from ..cache import cached_compute, file_hash, image_key, spec_hash
 from ..device import policy as device_policy
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .settings import rerank_conf
 from .weights import EXTRACTORS, _load_checked, _torch_load, resolve_weights
 
@@ -124,7 +124,12 @@ class LocalExtractor:
 
     def __init__(self, conf: dict | None = None):
         self.conf = rerank_conf(conf)
-        self.spec = EXTRACTORS[self.conf["extractor"]]
+        name = "aliked-n16" if self.conf["extractor"] == "auto" else self.conf["extractor"]  # a network: LightGlue's
+        if not isinstance(name, str) or name not in EXTRACTORS:
+            raise ConfigError(f"rerank.extractor={name!r}: a LocalMatcher runs one network extractor, one of "
+                              f"{', '.join(EXTRACTORS)} (RootSIFT and lists go through kit.rerank.make_scorer)")
+        self.conf = {**self.conf, "extractor": name}
+        self.spec = EXTRACTORS[name]
         self.policy = device_policy(self.conf["device"], self.conf["amp"], self.conf["num_workers"])
         self.device = self.policy.device
         self.extractor_path = resolve_weights(self.spec.weights, self.conf["extractor_weights"],

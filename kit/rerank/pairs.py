@@ -1,13 +1,14 @@
-"""Pair scores: what local matching says about each (query, shortlisted gallery photo) pair.
+"""Pair scores: what local matching says about photo pairs, each pair matched once.
 
-``local_scores`` turns LightGlue matches into per-pair numbers (match count, summed confidence, RANSAC inliers);
-``rerank_shortlist`` runs it over a ``[Q, K]`` shortlist, extracting (and caching) features only for the photos a
-pair uses; ``identity_weighted_conf`` discounts keypoints that match many identities (background);
-``orientation_pair_mask`` leaves opposite flanks unmatched.
+``score_pairs`` runs any scorer (kit.rerank.scorers) over directed pairs through a cache keyed by (scorer spec,
+photo pair), extracting features only for photos a new pair uses; ``geometric_inliers`` counts the matches one
+geometric model explains (RANSAC); ``identity_weighted_conf`` discounts keypoints that match many identities
+(background); ``orientation_pair_mask`` marks opposite flanks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,9 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..cache import image_key, load_shards, spec_hash, write_shard
 from ..schema import flank
-from .extractors import FeatureDict
-from .lightglue import LocalMatcher
 
 
 def _have_cv2() -> bool:
@@ -74,30 +74,6 @@ def identity_weighted_conf(matches: np.ndarray, confidence: np.ndarray, labels: 
     return (confidence * hit * weight[None]).sum(1).astype(np.float32)
 
 
-def local_scores(query_feats: FeatureDict, gallery_feats: FeatureDict, pairs: np.ndarray, conf: dict | None = None,
-                 matcher: LocalMatcher | None = None, return_matches: bool = False) -> dict[str, np.ndarray]:
-    """Local-match scores of ``pairs: [P, 2] int64`` (row of query_feats, row of gallery_feats).
-
-    Returns ``n_matches`` (matches with confidence > rerank.match_threshold) and ``sum_conf`` (their summed
-    confidence), each ``[P] float32``, plus ``inliers [P] float32`` when rerank.geometric is set, and with
-    ``return_matches`` also ``matches [P, B] int32`` and ``confidence [P, B] float32``. ``conf`` (the rerank
-    section) builds a LocalMatcher when ``matcher`` is None; a given matcher brings its own.
-    """
-    matcher = matcher or LocalMatcher(conf)
-    c = matcher.conf
-    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    m, cf = matcher.match_pairs(query_feats, gallery_feats, pairs)
-    out = {"n_matches": (m > -1).sum(1).astype(np.float32), "sum_conf": cf.sum(1).astype(np.float32)}
-    if c["geometric"]:
-        out["inliers"] = np.array([
-            geometric_inliers(query_feats["keypoints"][a], gallery_feats["keypoints"][b], m[p], c["geometric"],
-                              c["geometric_model"], float(c["geometric_threshold"]), int(c["seed"]))
-            for p, (a, b) in enumerate(pairs)], np.float32)
-    if return_matches:
-        out["matches"], out["confidence"] = m, cf
-    return out
-
-
 def orientation_pair_mask(query_orientation: Sequence[Any], gallery_orientation: Sequence[Any],
                           shortlist_index: np.ndarray) -> np.ndarray:
     """``[Q, K] bool``: False where one photo shows the left flank and the other the right one.
@@ -112,56 +88,82 @@ def orientation_pair_mask(query_orientation: Sequence[Any], gallery_orientation:
     return ~((qs[:, None] > 0) & (g > 0) & (qs[:, None] != g))
 
 
-def rerank_shortlist(query_paths: Sequence[str], gallery_paths: Sequence[str], shortlist_index: np.ndarray,
-                     conf: dict | None = None, cache_dir: Path | None = None, *,
-                     gallery_labels: Sequence[Any] | None = None, pair_mask: np.ndarray | None = None,
-                     query_boxes: np.ndarray | None = None, gallery_boxes: np.ndarray | None = None,
-                     matcher: LocalMatcher | None = None, chunk_queries: int = 64) -> dict[str, np.ndarray]:
-    """Local scores of every (query, shortlisted gallery photo) pair.
+# ------------------------------------------------------------------------------------------------------------------
+# Pair scores of any scorer, each pair matched once (a cache keyed by scorer spec and photo pair)
+# ------------------------------------------------------------------------------------------------------------------
 
-    ``shortlist_index: [Q, K] int64`` rows of gallery_paths (-1 = empty slot). ``pair_mask: [Q, K] bool``, False =
-    do not match (e.g. orientation_pair_mask). Features are extracted only for the photos a pair uses, cached under
-    ``cache_dir`` (the cache root, ``kit.cache.cache_root``; None = no disk cache).
-    Returns ``{name: [Q, K] float32}`` with the keys of ``local_scores`` and, given ``gallery_labels: [N]``, also
-    ``weighted_conf`` (identity_weighted_conf). NaN marks a pair not matched, which ``fuse`` scores by the global
-    score alone.
+
+def pair_keys(spec: str, keys_a: Sequence[str], keys_b: Sequence[str]) -> list[str]:
+    """Cache keys of directed photo pairs: (scorer spec hash, image key of a, image key of b)."""
+    return [hashlib.sha1(f"{spec}|{a}|{b}".encode()).hexdigest() for a, b in zip(keys_a, keys_b)]
+
+
+def score_pairs(scorer, paths_a: Sequence[str], paths_b: Sequence[str], pairs: np.ndarray,
+                cache_dir: Path | None = None, memo: dict | None = None, progress: str = "") -> dict[str, np.ndarray]:
+    """``{column: [P] float32}`` of a scorer (kit.rerank.scorers) for ``pairs: [P, 2] int64`` (row of paths_a, row
+    of paths_b), read as from the first photo.
+
+    Only pairs neither cache holds are matched, each unordered pair once: its reverse direction is stored too, so a
+    later (b, a) is free. ``cache_dir``: the cache root (``<cache_dir>/pairs/<spec>``); ``memo``: an in-memory dict
+    used instead when the disk cache is off. Features are extracted (and cached) only for photos a new pair uses.
+    ``scorer.pairs_matched`` counts the unordered pairs this scorer really matched (tests assert on it).
     """
-    matcher = matcher or LocalMatcher(conf)
-    idx = np.asarray(shortlist_index, np.int64)
-    q, k = idx.shape
-    if len(query_paths) != q:
-        raise ValueError(f"shortlist_index has {q} rows but {len(query_paths)} query paths were given")
-    todo = idx >= 0
-    if pair_mask is not None:
-        todo &= np.asarray(pair_mask, bool)
-    used_g = np.unique(idx[todo])
-    used_q = np.flatnonzero(todo.any(1))
-    names = ["n_matches", "sum_conf"] + (["inliers"] if matcher.conf["geometric"] else []) \
-        + (["weighted_conf"] if gallery_labels is not None else [])
-    out = {n: np.full((q, k), np.nan, np.float32) for n in names}
-    if len(used_q) == 0:
-        return out
-    qf = matcher.extract([query_paths[i] for i in used_q], cache_dir,
-                         None if query_boxes is None else np.asarray(query_boxes)[used_q])
-    gf = matcher.extract([gallery_paths[i] for i in used_g], cache_dir,
-                         None if gallery_boxes is None else np.asarray(gallery_boxes)[used_g])
-    g_row = np.full(len(gallery_paths), -1, np.int64)
-    g_row[used_g] = np.arange(len(used_g))
-    labels = None if gallery_labels is None else np.asarray(gallery_labels)
     from tqdm.auto import tqdm
 
-    # chunks of queries keep the per-pair match arrays small ([pairs, B] each) while batches stay full
-    for s in tqdm(range(0, len(used_q), chunk_queries), desc="re-rank", disable=len(used_q) <= chunk_queries):
-        qs = used_q[s:s + chunk_queries]
-        rr, cc = np.nonzero(todo[qs])
-        pairs = np.stack([s + rr, g_row[idx[qs[rr], cc]]], 1)
-        res = local_scores(qf, gf, pairs, matcher=matcher, return_matches=labels is not None)
-        for n in names:
-            if n != "weighted_conf":
-                out[n][qs[rr], cc] = res[n]
-        if labels is not None:
-            for r in np.unique(rr):
-                sel = rr == r
-                out["weighted_conf"][qs[r], cc[sel]] = identity_weighted_conf(
-                    res["matches"][sel], res["confidence"][sel], labels[idx[qs[r], cc[sel]]])
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    cols = list(scorer.columns)
+    if not len(pairs):
+        return {c: np.zeros(0, np.float32) for c in cols}
+    spec = spec_hash(scorer.cache_spec())
+    ka, kb = [image_key(p) for p in paths_a], [image_key(p) for p in paths_b]
+    want = pair_keys(spec, [ka[i] for i in pairs[:, 0]], [kb[j] for j in pairs[:, 1]])
+    folder = None if cache_dir is None else Path(cache_dir) / "pairs" / spec
+    have: dict[str, dict[str, float]] = {}
+    if folder is not None:
+        row_of, arrays = load_shards(folder)
+        have = {k: row_of[k] for k in want if k in row_of}
+    elif memo is not None:
+        have = {k: memo[k] for k in want if k in memo}
+    todo = np.array(sorted({i for i, k in enumerate(want) if k not in have}), np.int64)
+    # one orientation per unordered pair: the reverse of an earlier pending pair is not matched again
+    seen, first = set(), []
+    for i in todo:
+        a, b = ka[pairs[i, 0]], kb[pairs[i, 1]]
+        if (b, a) not in seen:
+            seen.add((a, b))
+            first.append(i)
+    first = np.array(first, np.int64)
+    new_keys, new_vals = [], {c: [] for c in cols}
+    step = 4096  # pairs per saved shard: an interrupted run keeps what it matched
+    for s in tqdm(range(0, len(first), step), desc=progress or f"{scorer.name} pairs", unit_scale=step,
+                  disable=len(first) <= step, leave=False):
+        chunk = pairs[first[s:s + step]]
+        ua, ub = np.unique(chunk[:, 0]), np.unique(chunk[:, 1])
+        fa = scorer.extract([paths_a[i] for i in ua], cache_dir)
+        fb = scorer.extract([paths_b[j] for j in ub], cache_dir)
+        local = np.stack([np.searchsorted(ua, chunk[:, 0]), np.searchsorted(ub, chunk[:, 1])], 1)
+        res = scorer.score(fa, fb, local)
+        scorer.pairs_matched = getattr(scorer, "pairs_matched", 0) + len(chunk)
+        fwd = pair_keys(spec, [ka[i] for i in chunk[:, 0]], [kb[j] for j in chunk[:, 1]])
+        rev = pair_keys(spec, [kb[j] for j in chunk[:, 1]], [ka[i] for i in chunk[:, 0]])
+        keys = fwd + rev
+        vals = {c: np.r_[res[c], res[f"{c}_rev"]].astype(np.float32) for c in cols}
+        if folder is not None:
+            write_shard(folder, keys, vals)
+        elif memo is not None:
+            memo.update({k: {c: float(vals[c][t]) for c in cols} for t, k in enumerate(keys)})
+        new_keys += keys
+        for c in cols:
+            new_vals[c].append(vals[c])
+    fresh = {k: t for t, k in enumerate(new_keys)}
+    new = {c: np.concatenate(v) if v else np.zeros(0, np.float32) for c, v in new_vals.items()}
+    out = {c: np.empty(len(pairs), np.float32) for c in cols}
+    for i, k in enumerate(want):
+        for c in cols:
+            if k in fresh:
+                out[c][i] = new[c][fresh[k]]
+            elif folder is not None:
+                out[c][i] = arrays[c][have[k]]
+            else:
+                out[c][i] = have[k][c]
     return out

@@ -14,6 +14,9 @@ def rerank_conf(conf: dict | None) -> dict:
     if unknown:
         raise ConfigError(f"unknown rerank setting(s) {', '.join(unknown)}; known: {', '.join(sorted(base))}")
     out = {**base, **(conf or {})}
-    if out["extractor"] not in EXTRACTORS:
-        raise ConfigError(f"rerank.extractor={out['extractor']!r} is not one of {', '.join(EXTRACTORS)}")
+    names = [out["extractor"]] if isinstance(out["extractor"], str) else list(out["extractor"])
+    bad = [n for n in names if n not in (*EXTRACTORS, "sift", "auto")]
+    if bad:
+        raise ConfigError(f"rerank.extractor={out['extractor']!r}: {', '.join(map(repr, bad))} is not one of "
+                          f"auto, sift, {', '.join(EXTRACTORS)}")
     return out

@@ -351,7 +351,10 @@ def train(src: str | Path, conf: dict, out: str | Path) -> dict:
     where = init_distributed(conf["train"]["device"])
     try:
         frame = training_frame(src, conf["data"]["check_images"])
-        return Trainer(frame, conf["train"], conf["embed"], out, where, run_config=conf).fit()
+        from ..pipeline.descriptors import sections
+
+        first = sections(conf["embed"])[0]  # several descriptors (embed.model=auto, embed.also): train the first
+        return Trainer(frame, conf["train"], first, out, where, run_config=conf).fit()
     finally:
         if where.owns_group:
             dist.destroy_process_group()
