@@ -38,7 +38,7 @@ install: .venv/.installed ## create .venv with the kit (animalclef-kit), its dep
 
 demo: .venv/.installed ## synthesise a competition, write a submission for it and score it (offline)
 	rm -rf $(DEMO) && mkdir -p submissions
-	$(KIT) synth $(DEMO)/competition --seed 0
+	$(KIT) synth $(DEMO)/competition --seed 0 --identities 30
 	$(KIT) submit $(DEMO)/competition --config $(DEMO_CONFIG) --out submissions/demo.csv
 	$(KIT) score $(DEMO)/competition/solution.csv submissions/demo.csv
 

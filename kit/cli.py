@@ -117,8 +117,9 @@ def _print_cluster_table(result: dict) -> None:
 
 
 def _print_identification_table(result: dict) -> None:
-    names = ["R-1", "R-5", "R-20", "mAP", "BAKS", "BAUS", "score"]
-    print(f"{'dataset':<20} {'pipeline':<9} " + " ".join(f"{n:>6}" for n in names))
+    names = ["R-1", "R-5", "R-20", "mAP", "shortlist_recall", "BAKS", "BAUS", "score"]
+    shown = [n.replace("shortlist_recall", "recall") for n in names]  # recall: true identity among the candidates
+    print(f"{'dataset':<20} {'pipeline':<9} " + " ".join(f"{n:>6}" for n in shown))
     for ds, pipes in result.items():
         for pipe, m in pipes.items():
             print(f"{ds:<20} {pipe:<9} " + " ".join(f"{m.get(n, float('nan')):6.3f}" for n in names))

@@ -210,6 +210,8 @@ def select_features(names: tuple[str, ...], score, min_gain: float, z: float = 1
         n = max(rest, key=lambda c: (float(np.mean(trials[c])) if len(trials[c]) else -np.inf, -rest.index(c)))
         if best is not None:
             diff = trials[n] - best
+            if not len(diff):  # no pseudo-query with a true candidate: nothing to tell columns apart by
+                break
             se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
             if not diff.mean() > max(min_gain, z * se):
                 break

@@ -57,7 +57,10 @@ def test_without_a_disk_cache_the_memo_still_matches_each_pair_once(cards):
 def test_a_photo_without_keypoints_scores_zero_not_a_crash(cards, tmp_path):
     out = rerank.score_pairs(_sift(), cards, cards, np.array([[3, 0], [0, 3], [3, 3]]), tmp_path)
     for c, v in out.items():
-        assert v.tolist() == [0.0, 0.0, 0.0], c
+        if c == "mask":
+            assert v.shape == (3, 16) and not v.any()  # 128 keypoints, none matched
+        else:
+            assert v.tolist() == [0.0, 0.0, 0.0], c
 
 
 def _meta(n_db: int, n_q: int) -> pd.DataFrame:

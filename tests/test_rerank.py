@@ -248,12 +248,15 @@ def test_unknown_rerank_setting_is_refused():
 # ---------------------------------------------------------------------------------------------- oracles
 
 
-def test_identity_weighted_conf_by_hand():
-    matches = np.array([[0, -1, 2], [1, -1, -1], [5, 3, -1]])
-    conf = np.array([[0.5, 0, 0.4], [0.6, 0, 0], [0.8, 0.9, 0]], np.float32)
-    # keypoint 0 matched photos of identities x and y -> weight 1/2; keypoints 1 and 2 one identity each -> 1
-    out = rerank.identity_weighted_conf(matches, conf, np.array(["x", "y", "y"]))
-    np.testing.assert_allclose(out, [0.5 * 0.5 + 0.4, 0.6 * 0.5, 0.8 * 0.5 + 0.9], atol=1e-6)
+def test_identity_weighted_by_hand():
+    # one query, three candidates of identities x, y, y; keypoint 0 matched x and y -> 1/2 in each; keypoint 1
+    # matched only y's photos -> 1 in each of them; keypoint 2 matched only x -> 1
+    hit = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 0]], bool)  # [K, B] matched query keypoints
+    masks = np.packbits(hit, 1)[None]  # [1, K, B/8]
+    out = rerank.identity_weighted(masks, np.array([["x", "y", "y"]], dtype=object), np.ones((1, 3), bool))
+    np.testing.assert_allclose(out, [[0.5 + 1.0, 0.5 + 1.0, 1.0]])
+    empty = rerank.identity_weighted(masks, np.array([["x", "y", "y"]], dtype=object), np.zeros((1, 3), bool))
+    assert empty.tolist() == [[0.0, 0.0, 0.0]]
 
 
 def test_orientation_pair_mask_by_hand():

@@ -72,7 +72,7 @@ def submit(meta: pd.DataFrame, conf: dict, task: str = "auto", plan: Plan | None
     embs = embed_frame(meta, conf)
     lab = labelled_mask(meta)
     if task == CLUSTERING:
-        return submit_clustering(meta, combine(embs), lab, conf, plan)
+        return submit_clustering(meta, embs, lab, conf, plan)
     db, q = meta[lab].reset_index(drop=True), meta[~lab].reset_index(drop=True)
     preds, details = identify(db, q, {d: e[lab] for d, e in embs.items()}, {d: e[~lab] for d, e in embs.items()},
                               conf, plan)
@@ -112,7 +112,7 @@ def validate(meta: pd.DataFrame, conf: dict, task: str = "auto", plan: Plan | No
     plan = plan or plan_matching(meta, conf)
     db, q, solution, embs = validation_split(meta, conf)
     if task == CLUSTERING:
-        result, info = validate_clustering(db, q, solution, combine(embs), conf, plan)
+        result, info = validate_clustering(db, q, solution, embs, conf, plan)
     else:
         result, info = validate_identification(db, q, solution, embs, conf, plan)
     return result, {**info, "plan": plan, "descriptors": list(embs)}

@@ -8,29 +8,31 @@ import pandas as pd
 from .. import metrics
 from ..cluster import ari, cluster_competition
 from .local import Plan, cluster_local_fn
+from .pairs import combine
 
 
-def submit_clustering(meta: pd.DataFrame, emb: np.ndarray, lab: np.ndarray, conf: dict, plan: Plan,
+def submit_clustering(meta: pd.DataFrame, embs: dict, lab: np.ndarray, conf: dict, plan: Plan,
                       verbose: bool = True) -> tuple[pd.DataFrame, dict]:
     """``image_id,cluster`` for every test row (metadata order), and per-dataset details.
 
-    ``emb: [len(meta), D]`` embeddings (the descriptors combined: kit/pipeline/pairs.py), row-aligned with
-    ``meta``; ``lab: [len(meta)] bool`` the train rows.
+    ``embs: {descriptor: [len(meta), D]}`` embeddings row-aligned with ``meta``; ``lab: [len(meta)] bool`` the
+    train rows.
     """
+    emb = combine(embs)
     labels, details = cluster_competition(meta[lab], emb[lab], meta[~lab], emb[~lab], conf["cluster"],
                                           cluster_local_fn(conf, plan), verbose)
     return pd.DataFrame({"image_id": meta.loc[~lab, "image_id"].to_numpy(), "cluster": labels}), details
 
 
-def validate_clustering(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFrame, emb: np.ndarray, conf: dict,
+def validate_clustering(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFrame, embs: dict, conf: dict,
                         plan: Plan, verbose: bool = True) -> tuple[dict, dict]:
     """ARI of clustering the held-out queries ``q`` with ``db`` as the train identities: {dataset: metrics}.
 
-    ``db``/``q`` (column ``_row`` indexes ``emb: [N, D]``) and ``solution`` come from the validation split. With
+    ``db``/``q`` (column ``_row`` indexes each ``embs`` array) and ``solution`` come from the validation split. With
     two or more datasets, ``ARI_fallback`` scores each one with the model fitted on the OTHER datasets only: the
     estimate for a dataset without training identities. The result also holds "mean" (ARI over datasets).
     """
-    cc, local_fn = conf["cluster"], cluster_local_fn(conf, plan)
+    cc, emb, local_fn = conf["cluster"], combine(embs), cluster_local_fn(conf, plan)
     labels, details = cluster_competition(db, emb[db["_row"]], q, emb[q["_row"]], cc, local_fn, verbose)
     sub = pd.DataFrame({"image_id": q["image_id"].to_numpy(), "cluster": labels})
     _, table = metrics.score_2026(solution[["image_id", "identity", "dataset"]], sub)

@@ -68,9 +68,10 @@ def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dic
         cand_q = candidates(eq, ed, labels, k, int(rc["per_identity"]), False, fl_q, fl_db)
         if plan.scorers:
             skip = rc["skip_opposite_flanks"]
-            score_candidates(plan, cand_db, dbf["filepath"].tolist(), dbf["filepath"].tolist(), conf,
-                             cand_db.cols["flank_opposite"] > 0 if skip else None)
-            score_candidates(plan, cand_q, qf["filepath"].tolist(), dbf["filepath"].tolist(), conf,
+            paths = dbf["filepath"].tolist()
+            score_candidates(plan, cand_db, paths, paths, labels, conf, cand_db.cols["flank_opposite"] > 0 if skip
+                             else None)
+            score_candidates(plan, cand_q, qf["filepath"].tolist(), paths, labels, conf,
                              cand_q.cols["flank_opposite"] > 0 if skip else None)
         cdb, cq = combine(ed), combine(eq)
         cos_db = cdb @ cdb.T

@@ -162,10 +162,11 @@ def _as_k(topk, meta: pd.DataFrame) -> int:
     return len(meta) if topk == "all" else int(topk)
 
 
-def score_candidates(plan: Plan, cand: Candidates, paths_q: list[str], paths_db: list[str], conf: dict,
-                     skip: np.ndarray | None = None, memo: dict | None = None) -> None:
-    """Fill ``cand`` with every planned matcher's columns (``add_local``); ``skip [R, K] bool`` pairs stay unmatched
-    (opposite flanks with rerank.skip_opposite_flanks)."""
+def score_candidates(plan: Plan, cand: Candidates, paths_q: list[str], paths_db: list[str], labels_db: np.ndarray,
+                     conf: dict, skip: np.ndarray | None = None, memo: dict | None = None) -> None:
+    """Fill ``cand`` with every planned matcher's columns (``add_local``; ``labels_db [N]`` the database identities,
+    for the identity-weighted score); ``skip [R, K] bool`` pairs stay unmatched (opposite flanks with
+    rerank.skip_opposite_flanks)."""
     from ..rerank import score_pairs
 
     done = cand.valid & (True if skip is None else ~skip)
@@ -175,7 +176,7 @@ def score_candidates(plan: Plan, cand: Candidates, paths_q: list[str], paths_db:
     for scorer in plan.scorers:
         scores = score_pairs(scorer, paths_q, paths_db, pairs, cache_dir,
                              memo=None if cache_dir else (memo if memo is not None else {}).setdefault(scorer.name, {}))
-        add_local(cand, scorer.name, scores, done)
+        add_local(cand, scorer.name, scores, done, labels_db)
 
 
 def cluster_local_fn(conf: dict, plan: Plan) -> LocalFn | None:

@@ -83,13 +83,24 @@ def candidates(embs_q: dict[str, np.ndarray], embs_db: dict[str, np.ndarray], la
     return out
 
 
-def add_local(cand: Candidates, name: str, scores: dict[str, np.ndarray], done: np.ndarray) -> None:
-    """Put one matcher's scores into ``cand``: ``scores {column: [P]}`` for the ``done [R, K] bool`` entries (row-
-    major), log1p-transformed (counts are heavy-tailed); the rest get 0 and ``<name>:missing`` = 1."""
+def add_local(cand: Candidates, name: str, scores: dict[str, np.ndarray], done: np.ndarray,
+              labels_db: np.ndarray) -> None:
+    """Put one matcher's scores into ``cand``: ``scores {column: [P]}`` (kit.rerank.score_pairs) for the
+    ``done [R, K] bool`` entries (row-major), log1p-transformed (counts are heavy-tailed), and the identity-weighted
+    score (``<name>:weighted``) from its match masks; the rest get 0 and ``<name>:missing`` = 1."""
+    from ..rerank import identity_weighted
+
     for col, v in scores.items():
+        if col == "mask":
+            continue
         full = np.zeros(cand.index.shape, np.float32)
         full[done] = np.log1p(np.maximum(v, 0))
         cand.cols[f"{name}:{col}"] = full
+    if "mask" in scores and scores["mask"].ndim == 2:
+        masks = np.zeros((*cand.index.shape, scores["mask"].shape[1]), np.uint8)
+        masks[done] = scores["mask"]
+        labels = np.asarray(labels_db, dtype=object)[np.clip(cand.index, 0, None)]
+        cand.cols[f"{name}:weighted"] = np.log1p(identity_weighted(masks, labels, done)).astype(np.float32)
     cand.cols[f"{name}:missing"] = (~done).astype(np.float32)
 
 

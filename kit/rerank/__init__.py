@@ -24,7 +24,7 @@ The modules, each importing only the ones above it:
 from .extractors import FEATURES_VERSION, FeatureDict, LocalExtractor, SuperPoint
 from .lightglue import LocalMatcher
 from .mnn import mnn_reference, mnn_scores
-from .pairs import geometric_inliers, identity_weighted_conf, orientation_pair_mask, score_pairs
+from .pairs import geometric_inliers, identity_weighted, orientation_pair_mask, score_pairs
 from .scorers import LightGlueScorer, PairScorer, SiftScorer, make_scorer
 from .settings import rerank_conf
 from .sift import SiftExtractor
@@ -36,6 +36,6 @@ __all__ = [
     "FEATURES_VERSION", "FeatureDict", "LocalExtractor", "SuperPoint",  # extractors
     "SiftExtractor", "mnn_reference", "mnn_scores",  # RootSIFT
     "LocalMatcher",  # lightglue
-    "geometric_inliers", "identity_weighted_conf", "orientation_pair_mask", "score_pairs",  # pairs
+    "geometric_inliers", "identity_weighted", "orientation_pair_mask", "score_pairs",  # pairs
     "LightGlueScorer", "PairScorer", "SiftScorer", "make_scorer",  # scorers
 ]

@@ -2,7 +2,7 @@
 
 ``score_pairs`` runs any scorer (kit.rerank.scorers) over directed pairs through a cache keyed by (scorer spec,
 photo pair), extracting features only for photos a new pair uses; ``geometric_inliers`` counts the matches one
-geometric model explains (RANSAC); ``identity_weighted_conf`` discounts keypoints that match many identities
+geometric model explains (RANSAC); ``identity_weighted`` discounts keypoints that match many identities
 (background); ``orientation_pair_mask`` marks opposite flanks.
 """
 
@@ -57,23 +57,6 @@ def geometric_inliers(kpts0: np.ndarray, kpts1: np.ndarray, matches: np.ndarray,
     return int(inl.sum())
 
 
-def identity_weighted_conf(matches: np.ndarray, confidence: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Sum of match confidences per pair, each query keypoint weighted by 1 / (identities it matched).
-
-    One query against its K shortlisted gallery photos: ``matches: [K, B] int`` (-1 = none), ``confidence: [K, B]``,
-    ``labels: [K]`` the gallery identities. Background (grass, fences, enclosure walls) recurs across animals, so a
-    keypoint that matches photos of 5 identities counts 1/5 in each; an individual's coat pattern matches only its
-    own identity's photos and keeps weight 1. Returns ``[K] float32``.
-    """
-    hit = (matches > -1).astype(np.float32)  # [K, B]
-    _, code = np.unique(np.asarray(labels), return_inverse=True)
-    onehot = np.zeros((len(code), code.max() + 1 if len(code) else 0), np.float32)
-    onehot[np.arange(len(code)), code] = 1.0
-    n_ids = ((onehot.T @ hit) > 0).sum(0)  # [B]: distinct identities each keypoint matched
-    weight = np.where(n_ids > 0, 1.0 / np.maximum(n_ids, 1), 0.0).astype(np.float32)
-    return (confidence * hit * weight[None]).sum(1).astype(np.float32)
-
-
 def orientation_pair_mask(query_orientation: Sequence[Any], gallery_orientation: Sequence[Any],
                           shortlist_index: np.ndarray) -> np.ndarray:
     """``[Q, K] bool``: False where one photo shows the left flank and the other the right one.
@@ -101,7 +84,8 @@ def pair_keys(spec: str, keys_a: Sequence[str], keys_b: Sequence[str]) -> list[s
 def score_pairs(scorer, paths_a: Sequence[str], paths_b: Sequence[str], pairs: np.ndarray,
                 cache_dir: Path | None = None, memo: dict | None = None, progress: str = "") -> dict[str, np.ndarray]:
     """``{column: [P] float32}`` of a scorer (kit.rerank.scorers) for ``pairs: [P, 2] int64`` (row of paths_a, row
-    of paths_b), read as from the first photo.
+    of paths_b), read as from the first photo, and ``"mask": [P, B / 8] uint8`` (packed: which keypoints of the
+    first photo matched).
 
     Only pairs neither cache holds are matched, each unordered pair once: its reverse direction is stored too, so a
     later (b, a) is free. ``cache_dir``: the cache root (``<cache_dir>/pairs/<spec>``); ``memo``: an in-memory dict
@@ -111,59 +95,84 @@ def score_pairs(scorer, paths_a: Sequence[str], paths_b: Sequence[str], pairs: n
     from tqdm.auto import tqdm
 
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    cols = list(scorer.columns)
+    cols = [*scorer.columns, "mask"]
     if not len(pairs):
-        return {c: np.zeros(0, np.float32) for c in cols}
+        return {**{c: np.zeros(0, np.float32) for c in scorer.columns}, "mask": np.zeros((0, 0), np.uint8)}
     spec = spec_hash(scorer.cache_spec())
     ka, kb = [image_key(p) for p in paths_a], [image_key(p) for p in paths_b]
     want = pair_keys(spec, [ka[i] for i in pairs[:, 0]], [kb[j] for j in pairs[:, 1]])
     folder = None if cache_dir is None else Path(cache_dir) / "pairs" / spec
-    have: dict[str, dict[str, float]] = {}
-    if folder is not None:
-        row_of, arrays = load_shards(folder)
-        have = {k: row_of[k] for k in want if k in row_of}
-    elif memo is not None:
-        have = {k: memo[k] for k in want if k in memo}
-    todo = np.array(sorted({i for i, k in enumerate(want) if k not in have}), np.int64)
+    row_of, arrays = load_shards(folder) if folder is not None else ({}, {})
+    if folder is None and memo is not None:  # the memo is a cache of one run: {key: {column: value}}
+        row_of = {k: k for k in want if k in memo}
+    todo = [i for i, k in enumerate(want) if k not in row_of]
     # one orientation per unordered pair: the reverse of an earlier pending pair is not matched again
     seen, first = set(), []
     for i in todo:
         a, b = ka[pairs[i, 0]], kb[pairs[i, 1]]
-        if (b, a) not in seen:
+        if (a, b) not in seen and (b, a) not in seen:
             seen.add((a, b))
             first.append(i)
     first = np.array(first, np.int64)
     new_keys, new_vals = [], {c: [] for c in cols}
     step = 4096  # pairs per saved shard: an interrupted run keeps what it matched
-    for s in tqdm(range(0, len(first), step), desc=progress or f"{scorer.name} pairs", unit_scale=step,
-                  disable=len(first) <= step, leave=False):
+    bar = tqdm(total=len(first), desc=progress or f"{scorer.name} matching", unit="pair", unit_scale=True,
+               disable=len(first) <= 256, leave=False)  # shows pairs/s
+    for s in range(0, len(first), step):
         chunk = pairs[first[s:s + step]]
         ua, ub = np.unique(chunk[:, 0]), np.unique(chunk[:, 1])
         fa = scorer.extract([paths_a[i] for i in ua], cache_dir)
         fb = scorer.extract([paths_b[j] for j in ub], cache_dir)
-        local = np.stack([np.searchsorted(ua, chunk[:, 0]), np.searchsorted(ub, chunk[:, 1])], 1)
-        res = scorer.score(fa, fb, local)
+        res = scorer.score(fa, fb, np.stack([np.searchsorted(ua, chunk[:, 0]), np.searchsorted(ub, chunk[:, 1])], 1))
         scorer.pairs_matched = getattr(scorer, "pairs_matched", 0) + len(chunk)
-        fwd = pair_keys(spec, [ka[i] for i in chunk[:, 0]], [kb[j] for j in chunk[:, 1]])
-        rev = pair_keys(spec, [kb[j] for j in chunk[:, 1]], [ka[i] for i in chunk[:, 0]])
-        keys = fwd + rev
-        vals = {c: np.r_[res[c], res[f"{c}_rev"]].astype(np.float32) for c in cols}
+        keys = (pair_keys(spec, [ka[i] for i in chunk[:, 0]], [kb[j] for j in chunk[:, 1]])
+                + pair_keys(spec, [kb[j] for j in chunk[:, 1]], [ka[i] for i in chunk[:, 0]]))
+        vals = {c: np.concatenate([res[c], res[f"{c}_rev"]]) for c in cols}
+        vals = {c: v.astype(np.uint8 if c == "mask" else np.float32) for c, v in vals.items()}
         if folder is not None:
             write_shard(folder, keys, vals)
         elif memo is not None:
-            memo.update({k: {c: float(vals[c][t]) for c in cols} for t, k in enumerate(keys)})
+            memo.update({k: {c: vals[c][t] for c in cols} for t, k in enumerate(keys)})
         new_keys += keys
         for c in cols:
             new_vals[c].append(vals[c])
+        bar.update(len(chunk))
+    bar.close()
     fresh = {k: t for t, k in enumerate(new_keys)}
-    new = {c: np.concatenate(v) if v else np.zeros(0, np.float32) for c, v in new_vals.items()}
-    out = {c: np.empty(len(pairs), np.float32) for c in cols}
-    for i, k in enumerate(want):
-        for c in cols:
-            if k in fresh:
-                out[c][i] = new[c][fresh[k]]
-            elif folder is not None:
-                out[c][i] = arrays[c][have[k]]
-            else:
-                out[c][i] = have[k][c]
+    new = {c: np.concatenate(v) for c, v in new_vals.items() if v}
+    is_new = np.array([k in fresh for k in want], bool)
+    out = {}
+    for c in cols:
+        ref = new[c] if c in new else (arrays[c] if folder is not None else None)
+        width = ref.shape[1:] if ref is not None else np.asarray(memo[want[0]][c]).shape
+        col = np.zeros((len(want), *width), np.uint8 if c == "mask" else np.float32)
+        if is_new.any():
+            col[is_new] = new[c][[fresh[k] for k, n in zip(want, is_new) if n]]
+        if (~is_new).any():
+            old = [k for k, n in zip(want, is_new) if not n]
+            col[~is_new] = (arrays[c][[row_of[k] for k in old]] if folder is not None
+                            else np.stack([memo[k][c] for k in old]))
+        out[c] = col
+    return out
+
+
+def identity_weighted(masks: np.ndarray, labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The identity-weighted match score of each query's candidates: ``[R, K] float32``.
+
+    ``masks: [R, K, B / 8] uint8`` packed bits of the query keypoints each candidate matched (``score_pairs``),
+    ``labels: [R, K]`` the candidates' identities, ``valid: [R, K] bool``. Each query keypoint counts 1 / (the
+    number of identities whose photos it matched) in each of them: background (grass, fences, walls) recurs across
+    animals, an individual's coat pattern matches its own identity's photos only.
+    """
+    out = np.zeros(valid.shape, np.float32)
+    for r in range(len(masks)):
+        ok = np.flatnonzero(valid[r])
+        if not len(ok):
+            continue
+        hit = np.unpackbits(masks[r, ok], axis=1).astype(bool)  # [k, B]
+        _, code = np.unique(np.asarray(labels[r, ok], dtype=object).astype(str), return_inverse=True)
+        onehot = np.zeros((len(ok), code.max() + 1), np.float32)
+        onehot[np.arange(len(ok)), code] = 1.0
+        n_ids = (onehot.T @ hit > 0).sum(0)  # [B] identities each keypoint matched
+        out[r, ok] = (hit / np.maximum(n_ids, 1)[None, :]).sum(1)
     return out

@@ -6,7 +6,9 @@ A scorer extracts padded, cached features per photo (``extract``) and scores dir
 pair read from the second photo, so a database x database pair is matched once for both directions. Columns:
 ``n_matches`` (loose matches), ``n_strict`` (confident ones: a second confidence level), ``sum_conf`` (their
 summed confidence), and ``inliers`` (matches consistent with one geometric model) when ``rerank.geometric`` is
-set. ``correspondences`` gives one pair's matched keypoints, for RANSAC and for drawing.
+set. ``"mask"`` / ``"mask_rev"`` (``[P, B / 8] uint8``, packed bits) say which keypoints of the first / second
+photo took part in a match: what the identity-weighted score (kit.rerank.pairs) needs. ``correspondences``
+gives one pair's matched keypoints, for RANSAC and for drawing.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class PairScorer:
     def cache_spec(self) -> dict:
         """Everything that changes a pair's scores (features, matcher, geometry): keys the pair cache."""
         rc = self.rc
-        return {"stage": "pair_scores", "version": 1, "features": self._features.cache_spec(), "family": self.family,
+        return {"stage": "pair_scores", "version": 2, "features": self._features.cache_spec(), "family": self.family,
                 "match_threshold": rc["match_threshold"] if self.family == "lightglue" else None,
                 "geometric": rc["geometric"] and [rc["geometric"], rc["geometric_model"], rc["geometric_threshold"]]}
 
@@ -84,8 +86,10 @@ class SiftScorer(PairScorer):
         """``pairs: [P, 2] int64`` (row of fa, row of fb) -> ``{column: [P]}`` and ``{column_rev: [P]}``."""
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
         out = {f"{c}{s}": np.zeros(len(pairs), np.float32) for c in self.columns for s in ("", "_rev")}
+        ba, bb = fa["descriptors"].shape[1], fb["descriptors"].shape[1]
+        hit, hit_rev = np.zeros((len(pairs), ba), bool), np.zeros((len(pairs), bb), bool)
         if not len(pairs):
-            return out
+            return {**out, "mask": np.packbits(hit, 1), "mask_rev": np.packbits(hit_rev, 1)}
         geo = bool(self.rc["geometric"])
         rows_b, inv_b = np.unique(pairs[:, 1], return_inverse=True)
         gal = prepare(fb["descriptors"][rows_b], fb["count"][rows_b])  # only the rows some pair uses
@@ -99,17 +103,21 @@ class SiftScorer(PairScorer):
             for c in range(s, e, self.chunk):
                 sel = order[c:min(e, c + self.chunk)]
                 g = torch.from_numpy(inv_b[sel])
-                res = mnn_scores(query, gal[g], cnt_b[g], matches=geo)
+                res = mnn_scores(query, gal[g], cnt_b[g], matches=True)
                 for col in BASE_COLUMNS:
                     out[col][sel] = res[col].numpy()
                     out[f"{col}_rev"][sel] = res[f"{col}_rev"].numpy()
+                m, m_rev = res["match"].numpy(), res["match_rev"].numpy()  # [k, n] gallery keypoint or -1
+                hit[sel, :n] = m > -1
+                for t, p in enumerate(sel):  # the gallery photo's own matched keypoints, for the reverse pair
+                    hit_rev[p, m_rev[t][m_rev[t] > -1]] = True
                 if geo:
                     for t, p in enumerate(sel):
                         b = int(pairs[p, 1])
                         out["inliers"][p] = self._geometry(fa, a, fb, b, res["match"][t].numpy())
                         rev = res["match_rev"][t].numpy()
                         out["inliers_rev"][p] = self._geometry(fa, a, fb, b, rev)
-        return out
+        return {**out, "mask": np.packbits(hit, 1), "mask_rev": np.packbits(hit_rev, 1)}
 
     def correspondences(self, fa: FeatureDict, i: int, fb: FeatureDict, j: int) -> tuple[np.ndarray, ...]:
         n = int(fa["count"][i])
@@ -144,7 +152,11 @@ class LightGlueScorer(PairScorer):
         if self.rc["geometric"]:
             out["inliers"] = np.array([self._geometry(fa, int(a), fb, int(b), m[p])
                                        for p, (a, b) in enumerate(pairs)], np.float32)
-        return {**out, **{f"{c}_rev": v.copy() for c, v in out.items()}}
+        hit_rev = np.zeros((len(pairs), fb["descriptors"].shape[1]), bool)
+        rows, cols = np.nonzero(m > -1)
+        hit_rev[rows, m[rows, cols]] = True
+        return {**out, **{f"{c}_rev": v.copy() for c, v in out.items()},
+                "mask": np.packbits(m > -1, 1), "mask_rev": np.packbits(hit_rev, 1)}
 
     def correspondences(self, fa: FeatureDict, i: int, fb: FeatureDict, j: int) -> tuple[np.ndarray, ...]:
         m, cf = self._features.match_pairs(fa, fb, np.array([[i, j]]), progress=False)
