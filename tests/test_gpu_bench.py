@@ -26,6 +26,12 @@ def gpu():
     return module
 
 
+@pytest.fixture(scope="module")
+def stages(gpu):
+    """bench/gpu_stages.py, which bench/gpu.py imports from beside itself."""
+    return sys.modules["gpu_stages"]
+
+
 def _doc(gpu, value=1.0) -> dict:
     figures = {k: {"value": value, "unit": u, "goal": None, "passed": None} for k, (u, _, _) in gpu.FIGURES.items()}
     machine = {k: None for k in ("gpu", "capability", "torch", "kornia", "cpu_cores")}
@@ -78,11 +84,11 @@ def test_goals_are_judged_only_in_a_judged_run(gpu, tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU pinning needs Linux")
-def test_cores_pins_the_block_and_its_workers_then_restores(gpu):
+def test_cores_pins_the_block_and_its_workers_then_restores(stages):
     import torch
 
     have, threads = os.sched_getaffinity(0), torch.get_num_threads()
-    with gpu.cores(1) as n:
+    with stages.cores(1) as n:
         assert n == 1 and len(os.sched_getaffinity(0)) == 1 and torch.get_num_threads() == 1
         child = subprocess.run([sys.executable, "-c", "import os; print(len(os.sched_getaffinity(0)))"],
                                capture_output=True, text=True, check=True)
@@ -97,7 +103,7 @@ def test_the_readme_table_has_a_row_per_figure(gpu):
     assert not missing, f"bench/README.md's GPU table lacks {missing}"
 
 
-def test_the_gpu_path_decodes_like_the_kits_preprocessing(gpu, tmp_path):
+def test_the_gpu_path_decodes_like_the_kits_preprocessing(stages, tmp_path):
     """decode_batch (JPEG decoding on the device; the CPU here) gives the inputs kit.embed.Preprocess gives."""
     import torch
     import torchvision.io as tio
@@ -110,12 +116,12 @@ def test_the_gpu_path_decodes_like_the_kits_preprocessing(gpu, tmp_path):
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype="uint8")).resize((480, 360)).save(path, quality=95)
     pre = Preprocess(64, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bicubic")
     want = pre(Image.open(path).convert("RGB"))
-    got = gpu.decode_batch([tio.read_file(str(path))], pre, torch.device("cpu"))[0]
+    got = stages.decode_batch([tio.read_file(str(path))], pre, torch.device("cpu"))[0]
     assert got.shape == want.shape == (3, 64, 64)
     assert float((got - want).norm() / want.norm()) < 0.02
 
 
-@pytest.mark.slow  # about 40 s of CPU; on 2 shared cores 45-100 s of wall time
+@pytest.mark.slow  # 34-73 s of CPU; 28-150 s of wall time on 2 shared cores, by their load
 def test_tiny_run_writes_every_figure(gpu, tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHON": sys.executable}
