@@ -196,6 +196,8 @@ def check(doc: dict, stages: list[str]) -> list[str]:
     for key in ("gpu", "capability", "torch", "kornia", "cpu_cores"):
         if key not in doc.get("machine", {}):
             problems.append(f"machine.{key}: missing")
+    if doc.get("mode") == "full" and not doc.get("machine", {}).get("gpu"):
+        problems.append("machine.gpu: a full run names its GPU")
     return problems
 
 
