@@ -17,7 +17,7 @@ NO_DOWNLOAD ?=# NO_DOWNLOAD=1: `make kaggle-dataset` without pip download (offli
 # The CPU/CUDA torch build that lies on this project's machines; Kaggle brings its own (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install demo test test-fast submit validate clean download upload kaggle-dataset
+.PHONY: help install demo test test-fast submit validate clean download upload kaggle-dataset bench-gpu bench-gpu-inputs
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +65,12 @@ upload: .venv/.installed ## submit to Kaggle, message from the sidecar JSON: mak
 
 kaggle-dataset: .venv/.installed ## build dist/kaggle-dataset (wheels + weights) for Kaggle notebooks [NO_DOWNLOAD=1]
 	$(KIT) kaggle dataset $(KAGGLE_DATASET) $(if $(NO_DOWNLOAD),--no-download)
+
+bench-gpu: .venv/.installed ## the GPU speed goals into bench/gpu.json (bench/README.md, GPU); TINY=1: the CPU check CI runs
+	bench/gpu.sh $(if $(TINY),--tiny)
+
+bench-gpu-inputs: .venv/.installed ## write bench/gpu-inputs/ (photos, weights, kornia wheels) that the GPU run carries
+	bench/gpu.sh --prepare
 
 clean: ## remove .demo/, submissions/demo.csv and .pytest_cache/ (not .venv/, reports/, submissions/ or ~/.cache/kit)
 	rm -rf $(DEMO) submissions/demo.csv .pytest_cache
