@@ -12,7 +12,7 @@ short keeps what it measured; a stage that fails is recorded under ``errors`` an
   the kit's loader with 4 decode workers, and GPU JPEG decoding (torchvision.io.decode_jpeg on the device, files read
   by 4 threads); for B3 also the loader without the model (is embedding decode-bound?), and how far the GPU path's
   input tensors are from the kit's.
-- ``local``: RootSIFT (kit's extractor; its mutual-NN matcher run on the GPU here, GpuSiftScorer), ALIKED-n16 and
+- ``local``: RootSIFT (kit's SiftScorer: extraction on the CPU, its mutual-NN matcher on rerank.device, the GPU here), ALIKED-n16 and
   DISK with LightGlue, at 512 keypoints on 512 px photos: extraction, pair scoring through kit.rerank.score_pairs
   (the cached path a kit run takes), and the two end to end, on 128 queries x top-100 of 256.
 - ``train``: ``kit train`` on nyala (configs/train-lite0.yaml: lite0 at 320 px, sub-centre ArcFace, 30 epochs):

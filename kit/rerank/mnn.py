@@ -45,11 +45,11 @@ def mnn_scores(query: torch.Tensor, gallery: torch.Tensor, gallery_count: torch.
     """
     k, b, _ = gallery.shape
     a = query.shape[0]
-    zero = torch.zeros(k, dtype=torch.float32)
+    zero = torch.zeros(k, dtype=torch.float32, device=gallery.device)
     if a < 2 or k == 0:
         out = {f"{c}{s}": zero.clone() for c in COLUMNS for s in ("", "_rev")}
         if matches:
-            out["match"] = out["match_rev"] = torch.full((k, a), -1, dtype=torch.int64)
+            out["match"] = out["match_rev"] = torch.full((k, a), -1, dtype=torch.int64, device=gallery.device)
         return out
     query = query.clone()
     query[:, -1] = 1.0  # meets the gallery's padding marker
@@ -57,7 +57,7 @@ def mnn_scores(query: torch.Tensor, gallery: torch.Tensor, gallery_count: torch.
     va, ia = sims.topk(2, dim=2)  # query side: [K, A, 2] best gallery keypoints of each query keypoint
     vb, ib = sims.topk(2, dim=1)  # gallery side: [K, 2, B] best query keypoints of each gallery keypoint
     best = ia[:, :, 0]  # [K, A]
-    mutual = ib[:, 0, :].gather(1, best) == torch.arange(a)[None, :]  # [K, A]
+    mutual = ib[:, 0, :].gather(1, best) == torch.arange(a, device=gallery.device)[None, :]  # [K, A]
     mutual &= (gallery_count >= 2)[:, None]
 
     def ratio(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:  # d1 / d2 from cosines

@@ -118,11 +118,12 @@ def score_pairs(scorer, paths_a: Sequence[str], paths_b: Sequence[str], pairs: n
     step = 4096  # pairs per saved shard: an interrupted run keeps what it matched
     bar = tqdm(total=len(first), desc=progress or f"{scorer.name} matching", unit="pair", unit_scale=True,
                disable=len(first) <= 256, leave=False)  # shows pairs/s
+    # every photo a new pair needs, extracted (or read from the feature cache) once, not once per chunk
+    ua, ub = np.unique(pairs[first, 0]), np.unique(pairs[first, 1])
+    fa = scorer.extract([paths_a[i] for i in ua], cache_dir) if len(first) else {}
+    fb = scorer.extract([paths_b[j] for j in ub], cache_dir) if len(first) else {}
     for s in range(0, len(first), step):
         chunk = pairs[first[s:s + step]]
-        ua, ub = np.unique(chunk[:, 0]), np.unique(chunk[:, 1])
-        fa = scorer.extract([paths_a[i] for i in ua], cache_dir)
-        fb = scorer.extract([paths_b[j] for j in ub], cache_dir)
         res = scorer.score(fa, fb, np.stack([np.searchsorted(ua, chunk[:, 0]), np.searchsorted(ub, chunk[:, 1])], 1))
         scorer.pairs_matched = getattr(scorer, "pairs_matched", 0) + len(chunk)
         keys = (pair_keys(spec, [ka[i] for i in chunk[:, 0]], [kb[j] for j in chunk[:, 1]])

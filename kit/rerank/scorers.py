@@ -42,7 +42,8 @@ class PairScorer:
 
     @property
     def device_name(self) -> str:
-        return str(self._features.policy.device) if hasattr(self._features, "policy") else "cpu"
+        pol = getattr(self, "policy", None) or getattr(self._features, "policy", None)
+        return str(pol.device) if pol is not None else "cpu"
 
     def cache_spec(self) -> dict:
         """Everything that changes a pair's scores (features, matcher, geometry): keys the pair cache."""
@@ -78,8 +79,8 @@ class SiftScorer(PairScorer):
 
     def __init__(self, rc: dict):
         super().__init__(rc)
-        workers = device_policy(rc["device"], "off", rc["num_workers"]).workers
-        self._features = SiftExtractor(rc["max_keypoints"], rc["resize"], workers)
+        self.policy = device_policy(rc["device"], "off", rc["num_workers"])  # fp32: ratios need the precision
+        self._features = SiftExtractor(rc["max_keypoints"], rc["resize"], self.policy.workers)
 
     @torch.inference_mode()
     def score(self, fa: FeatureDict, fb: FeatureDict, pairs: np.ndarray) -> dict[str, np.ndarray]:
@@ -91,19 +92,20 @@ class SiftScorer(PairScorer):
         if not len(pairs):
             return {**out, "mask": np.packbits(hit, 1), "mask_rev": np.packbits(hit_rev, 1)}
         geo = bool(self.rc["geometric"])
+        dev = self.policy.device  # the same matmuls run on a GPU when there is one
         rows_b, inv_b = np.unique(pairs[:, 1], return_inverse=True)
-        gal = prepare(fb["descriptors"][rows_b], fb["count"][rows_b])  # only the rows some pair uses
-        cnt_b = torch.from_numpy(fb["count"][rows_b].astype(np.int64))
+        gal = prepare(fb["descriptors"][rows_b], fb["count"][rows_b]).to(dev)  # only the rows some pair uses
+        cnt_b = torch.from_numpy(fb["count"][rows_b].astype(np.int64)).to(dev)
         order = np.argsort(pairs[:, 0], kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(pairs[order, 0]) != 0])
         for s, e in zip(starts, np.r_[starts[1:], len(order)]):
             a = int(pairs[order[s], 0])
             n = int(fa["count"][a])
-            query = prepare(fa["descriptors"][a:a + 1, :max(n, 1)], [n])[0, :n]
+            query = prepare(fa["descriptors"][a:a + 1, :max(n, 1)], [n])[0, :n].to(dev)
             for c in range(s, e, self.chunk):
                 sel = order[c:min(e, c + self.chunk)]
-                g = torch.from_numpy(inv_b[sel])
-                res = mnn_scores(query, gal[g], cnt_b[g], matches=True)
+                g = torch.from_numpy(inv_b[sel]).to(dev)
+                res = {k: v.cpu() for k, v in mnn_scores(query, gal[g], cnt_b[g], matches=True).items()}
                 for col in BASE_COLUMNS:
                     out[col][sel] = res[col].numpy()
                     out[f"{col}_rev"][sel] = res[f"{col}_rev"].numpy()
