@@ -8,6 +8,10 @@ Why safetensors shards, not npy + a parquet index: a shard is one self-describin
 header metadata), its header states every tensor's byte length so truncation is detected on load, loading
 never unpickles, and it needs no pyarrow. Each shard is written to a temporary file and renamed, so a shard
 is either whole or absent: an interrupted run keeps every finished shard and resumes from there.
+
+Several processes may share one cache (two ``kit embed`` runs at once): shard names are unique, a shard that
+vanishes between listing and reading (another process merged it) is skipped, and a merge writes its merged
+shard before it deletes the shards it read, and only those. A key held twice holds the same arrays.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -23,16 +28,33 @@ from typing import Callable, Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .io import atomic_path
+from .errors import KitWarning
+from .io import atomic_path, write_problem
 
 MAX_SHARDS = 64  # more shards than this are merged into one on the next load, keeping opens cheap
+FLUSH_SECONDS = 30.0  # cached_compute saves a shard after about this much work (the embed stage's setting)
+_UNUSABLE: dict[Path, str | None] = {}  # cache roots checked in this process: why each cannot be written, or None
 
 
 def cache_root(conf: dict) -> Path | None:
-    """The cache folder from the ``cache`` config section (``$KIT_CACHE`` wins); None when disabled."""
+    """The cache folder from the ``cache`` config section (``$KIT_CACHE`` wins); None when disabled.
+
+    None too, with one warning per folder and process, when the folder cannot be written (read-only disk or HOME,
+    a path through a file): the run then goes on without a cache instead of failing at its first shard.
+    """
     if not conf.get("enabled", True):
         return None
-    return Path(os.environ.get("KIT_CACHE") or conf.get("dir") or "~/.cache/kit").expanduser()
+    env = os.environ.get("KIT_CACHE")
+    root = Path(env or conf.get("dir") or "~/.cache/kit").expanduser()
+    if root not in _UNUSABLE:
+        _UNUSABLE[root] = why = write_problem(root, folder=True, keep_folders=True)
+        if why:
+            origin = "$KIT_CACHE" if env else "cache.dir"
+            warnings.warn(f"the cache folder {root} ({origin}) cannot be used: {why}. Running without a cache, so "
+                          "nothing computed now is kept for the next run. Set $KIT_CACHE to a writable folder, or "
+                          "--set cache.enabled=false to run without a cache and without this warning.",
+                          KitWarning, stacklevel=2)
+    return None if _UNUSABLE[root] else root
 
 
 def spec_hash(spec: dict) -> str:
@@ -58,7 +80,8 @@ def image_key(path: str | Path) -> str:
 
 
 def _read_shard(path: Path) -> tuple[list[str], dict[str, np.ndarray]] | None:
-    """Keys and arrays of one shard, or None (with a warning) when it is corrupt or truncated."""
+    """Keys and arrays of one shard, or None: silently when it vanished since it was listed (another process
+    merged it), with a warning (and deleting it) when it is corrupt or truncated."""
     try:
         arrays = load_file(str(path))
         with open(path, "rb") as fh:  # header metadata holds the keys; load_file does not return it
@@ -69,6 +92,8 @@ def _read_shard(path: Path) -> tuple[list[str], dict[str, np.ndarray]] | None:
         if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in arrays.values()):
             raise ValueError("non-finite values")
         return keys, arrays
+    except FileNotFoundError:
+        return None
     except Exception as exc:  # any decode failure means the file cannot be trusted
         warnings.warn(f"cache shard {path} is corrupt ({exc}); deleting it, its entries will be recomputed")
         path.unlink(missing_ok=True)
@@ -84,20 +109,28 @@ def write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray]
 
 
 def load_shards(folder: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
-    """Everything cached in ``folder``: ``(row of each key, arrays)`` with arrays ``[M, ...]``."""
+    """Everything cached in ``folder``: ``(row of each key, arrays)`` with arrays ``[M, ...]``.
+
+    More than MAX_SHARDS shards are merged into one: the merged shard (each key once) is written first, then
+    only the shards that went into it are deleted, so a process merging beside another loses nothing.
+    """
     shards = sorted(folder.glob("shard-*.safetensors")) if folder.is_dir() else []
-    parts = [s for s in (_read_shard(p) for p in shards) if s is not None]
+    parts = [(p, s) for p in shards if (s := _read_shard(p)) is not None]
     if not parts:
         return {}, {}
-    names = sorted(parts[0][1])
-    parts = [p for p in parts if sorted(p[1]) == names]
-    keys = [k for p in parts for k in p[0]]
-    arrays = {n: np.concatenate([p[1][n] for p in parts]) for n in names}
+    names = sorted(parts[0][1][1])
+    parts = [(p, s) for p, s in parts if sorted(s[1]) == names]  # another layout: left alone, never deleted
+    keys = [k for _, (ks, _) in parts for k in ks]
+    arrays = {n: np.concatenate([s[1][n] for _, s in parts]) for n in names}
+    row_of: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        row_of.setdefault(k, i)
     if len(parts) > MAX_SHARDS:
-        write_shard(folder, keys, arrays)
-        for p in shards:
+        rows = np.fromiter(row_of.values(), np.int64, len(row_of))
+        write_shard(folder, list(row_of), {n: a[rows] for n, a in arrays.items()})
+        for p, _ in parts:
             p.unlink(missing_ok=True)
-    return {k: i for i, k in enumerate(keys)}, arrays
+    return row_of, arrays
 
 
 def cached_compute(
@@ -105,13 +138,18 @@ def cached_compute(
     keys: Sequence[str],
     compute: Callable[[np.ndarray], dict[str, np.ndarray]],
     flush_every: int = 1024,
+    flush_seconds: float | None = None,
+    first_chunk: int = 64,
 ) -> dict[str, np.ndarray]:
     """Arrays for ``keys`` in order, computing only the rows the cache lacks.
 
     ``compute(idx)`` gets ``idx: [m] int64`` positions into ``keys`` and returns arrays of ``m`` rows each;
     it is called once per chunk of at most ``flush_every`` missing rows, and each chunk is saved before the
-    next starts, so an interrupted run resumes where it stopped. ``folder=None`` disables the cache.
-    Returns ``{name: [len(keys), ...]}`` in the order of ``keys``.
+    next starts, so an interrupted run resumes where it stopped. ``flush_seconds``: also keep each chunk to
+    about that much work, so a slow run saves a shard at least that often: the first chunk has ``first_chunk``
+    rows, each next one as many as the last one's speed gives in ``flush_seconds``, rounded down to a multiple of
+    ``first_chunk`` (whole batches: the rows are batched as in one uninterrupted call). None: fixed chunks.
+    ``folder=None`` disables the cache. Returns ``{name: [len(keys), ...]}`` in the order of ``keys``.
     """
     keys = list(keys)
     if folder is None:
@@ -119,11 +157,19 @@ def cached_compute(
     row_of, cached = load_shards(folder)
     missing = np.array([i for i, k in enumerate(keys) if k not in row_of], dtype=np.int64)
     new_parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
-    for start in range(0, len(missing), flush_every):
-        idx = missing[start:start + flush_every]
+    unit = max(1, min(flush_every, first_chunk))  # timed chunks are whole multiples of the first (whole batches)
+    size = flush_every if flush_seconds is None else unit
+    start = 0
+    while start < len(missing):
+        idx = missing[start:start + size]
+        began = time.perf_counter()
         arrays = compute(idx)
         write_shard(folder, [keys[i] for i in idx], arrays)
         new_parts.append((idx, arrays))
+        start += len(idx)
+        if flush_seconds is not None:  # rows per second so far -> rows in flush_seconds
+            rate = len(idx) / max(time.perf_counter() - began, 1e-6)
+            size = unit * max(1, int(min(flush_every, rate * flush_seconds) // unit))
     if not keys:
         return {}
     names = sorted(new_parts[0][1]) if new_parts else sorted(cached)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import KitError
+from .errors import KitError, KitWarning, OutputError
 from .schema import CLUSTERING, NEW_INDIVIDUAL
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -23,6 +29,16 @@ def _conf(args) -> dict:
     return load_config(args.config, args.set)
 
 
+def _require_writable(path: str | Path | None, option: str, folder: bool = False) -> None:
+    """Stop before any work when an output cannot be written there (kit.io.write_problem tries it for real)."""
+    from .io import write_problem
+
+    if path is not None and (why := write_problem(path, folder)):
+        what = "a folder" if folder else "a file path"
+        raise OutputError(f"{option} {path}: {why}. Nothing was run: give {option} {what} you can write "
+                          "(another location, or fix the folder's permissions or mount)")
+
+
 def cmd_config(args) -> int:
     from .config import dump_config
 
@@ -33,6 +49,7 @@ def cmd_config(args) -> int:
 def cmd_synth(args) -> int:
     from .synth import make_competition
 
+    _require_writable(args.out, "synth OUT", folder=True)
     t = time.perf_counter()
     out = make_competition(args.out, layout=args.layout, seed=args.seed, identities=args.identities,
                            image_size=args.size)
@@ -43,17 +60,18 @@ def cmd_synth(args) -> int:
 def cmd_import(args) -> int:
     from .data import import_folders
 
+    _require_writable(args.out, "import-folders OUT", folder=True)
     out = import_folders(args.src, args.out, args.dataset, args.unknown_fraction, args.query_fraction,
                          args.seed, args.layout, args.species)
     print(f"wrote competition to {out} (answer key: {out / 'solution.csv'})")
     return 0
 
 
-def _competition(args) -> tuple[dict, "pd.DataFrame"]:
-    """The run's merged config and its validated competition folder."""
+def _competition(args, conf: dict | None = None) -> tuple[dict, "pd.DataFrame"]:
+    """The run's merged config (``conf``, else loaded) and its validated competition folder."""
     from .data import read_competition
 
-    conf = _conf(args)
+    conf = conf if conf is not None else _conf(args)
     return conf, read_competition(args.data, check_images=conf["data"]["check_images"])
 
 
@@ -62,16 +80,24 @@ def cmd_embed(args) -> int:
 
     conf, meta = _competition(args)
     t = time.perf_counter()
-    emb = embed_frame(meta, conf)
-    print(f"{len(meta)} embeddings of size {emb.shape[1]} ready in {time.perf_counter() - t:.1f}s")
+    embs = embed_frame(meta, conf)  # {descriptor: [N, D]}
+    sizes = ", ".join(f"{name} of size {e.shape[1]}" for name, e in embs.items())
+    print(f"{len(meta)} embeddings ready ({sizes}) in {time.perf_counter() - t:.1f}s")
     return 0
 
 
 def cmd_submit(args) -> int:
-    from . import pipeline
-    from .submit import write_submission
+    conf = _conf(args)  # settings and outputs first: instant, before the heavy imports
+    if args.provenance:
+        _require_writable(args.provenance, "--provenance", folder=True)
+    else:
+        _require_writable(args.out, "--out")
+    from .submit import expected_order, read_sample, write_submission
 
-    conf, meta = _competition(args)
+    conf, meta = _competition(args, conf)
+    expected_order(meta, read_sample(meta.attrs["root"]))  # a broken sample_submission.csv stops here, not at the end
+    from . import pipeline
+
     task = pipeline.task_of(meta, args.task)
     plan = pipeline.plan_matching(meta, conf)  # once: the submission and its local score share it
     pred, details = pipeline.submit(meta, conf, task, plan)
@@ -126,9 +152,12 @@ def _print_identification_table(result: dict) -> None:
 
 
 def cmd_validate(args) -> int:
+    conf = _conf(args)
+    if args.report:
+        _require_writable(args.report, "--report", folder=True)
+    conf, meta = _competition(args, conf)
     from . import pipeline, report
 
-    conf, meta = _competition(args)
     task = pipeline.task_of(meta, args.task)
     t0 = time.perf_counter()
     result, info = pipeline.validate(meta, conf, task)
@@ -160,10 +189,15 @@ def cmd_score(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .data import training_source
+
+    conf = _conf(args)
+    _require_writable(args.out, "--out", folder=True)
+    training_source(args.data, args.folders)  # a folder of the wrong kind stops here, before torch loads
     from .train import train
 
     t = time.perf_counter()
-    summary = train(args.data, _conf(args), args.out)
+    summary = train(args.data, conf, args.out, folders=args.folders)
     if summary["rank"] == 0:  # under torchrun every process returns here; one reports
         best = summary["best"] or {}
         shown = "  ".join(f"{k} {v:.3f}" for k, v in best.items() if v == v)
@@ -215,9 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("train", help="fine-tune the backbone with ArcFace (multi-GPU: torchrun ... -m kit train)")
-    p.add_argument("data", help="competition folder (its labelled rows) or a folder with one sub-folder per identity")
+    p.add_argument("data", help="competition folder (its labelled rows; see --folders)")
     _add_config(p)
     p.add_argument("--out", required=True, help="checkpoint folder (resumes when it holds an interrupted run)")
+    p.add_argument("--folders", action="store_true",
+                   help="DATA is a folder with one sub-folder per identity, not a competition folder (or turn it into "
+                        "one with `kit import-folders`)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("score", help="score a submission against a solution.csv")
@@ -235,13 +272,54 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _kept(args) -> str:
+    """What an interrupted command leaves behind and how to go on: the line Ctrl-C prints."""
+    if args.cmd == "train":
+        from .train.model import STATE_FILE
+
+        last = Path(args.out) / "last"
+        if (last / STATE_FILE).is_file():
+            return f"kept the last finished epoch's checkpoint in {last}; rerun the same command to resume from it"
+        return f"no epoch had finished, so {args.out} holds nothing to resume; rerun the same command to start again"
+    if args.cmd in ("embed", "submit", "validate"):
+        from .cache import cache_root
+
+        try:
+            root = cache_root(_conf(args)["cache"])
+        except KitError:
+            root = None
+        outputs = "" if args.cmd == "embed" else "; no output file was written (outputs come only at the end)"
+        if root is None:
+            return f"the cache is off, so nothing was kept{outputs}; rerun the same command to start again"
+        return (f"kept every finished cache shard in {root}{outputs}; rerun the same command to resume (what is "
+                "cached is not computed again)")
+    if args.cmd == "import-folders":
+        return f"{args.out} may hold part of the images; delete it, then rerun the same command"
+    return "no file was left half-written; rerun the same command"
+
+
+def _show_warning(python_show, message, category, filename, lineno, file=None, line=None):
+    """Kit warnings as one line ("warning: ..."); the others as Python (``python_show``) prints them."""
+    if issubclass(category, KitWarning):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        python_show(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    python_show = warnings.showwarning
+    warnings.showwarning = functools.partial(_show_warning, python_show)
     try:
         return args.fn(args)
     except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, what was kept, how to go on; 130 as the shell reports SIGINT
+        print(f"interrupted: {_kept(args)}", file=sys.stderr)
+        return 130
+    finally:
+        warnings.showwarning = python_show
 
 
 if __name__ == "__main__":

@@ -126,6 +126,10 @@ def read_competition(root: str | Path, check_images: bool = True) -> pd.DataFram
         )
     try:
         df = read_csv_str(meta_path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{meta_path} is empty ({meta_path.stat().st_size} bytes): it needs the header line "
+                        f"{','.join(COLUMNS)} and one row per image; rewrite it (or remake the folder with "
+                        "`kit import-folders`)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{meta_path}: not a readable CSV ({exc}); fix the file's quoting or encoding") from exc
     missing = [c for c in COLUMNS if c not in df.columns]
@@ -164,7 +168,15 @@ def read_competition(root: str | Path, check_images: bool = True) -> pd.DataFram
             f"{row(i)}: query row has identity {df.at[i, 'identity']!r}; queries are unlabelled (clear it)"
             for i in np.flatnonzero((df["split"] == unlabelled) & (df["identity"] != ""))
         ]
-    df["filepath"] = [str((root / p).resolve()) if p else "" for p in df["path"]]
+    filepaths = []
+    for i, p in enumerate(df["path"]):
+        try:
+            filepaths.append(str((root / p).resolve()) if p else "")
+        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+            filepaths.append("")
+            problems.append(f"{row(i)}: {p}: the path cannot be resolved ({exc}); fix the symbolic link "
+                            "or the path column")
+    df["filepath"] = filepaths
     if check_images:
         for i, fp in enumerate(df["filepath"]):
             if fp and (why := check_image(fp)):
@@ -186,6 +198,29 @@ def require_readable(paths, title: str) -> None:
 def labelled_mask(df: pd.DataFrame) -> np.ndarray:
     """[N] bool: rows with known identities (database in 2025, train in 2026)."""
     return (df["split"] == LAYOUT_SPLITS[df.attrs.get("layout", "2025")][0]).to_numpy()
+
+
+def training_source(src: str | Path, folders: bool = False) -> str:
+    """How ``kit train`` reads ``src``: "competition" (its metadata.csv's labelled rows) or, asked for with
+    ``folders``, "folders" (one sub-folder per identity). DataError naming both fixes otherwise.
+
+    A folder without metadata.csv is never taken for one sub-folder per identity unasked: a competition folder that
+    lost its metadata.csv would train on its images/ folders as identities, queries included.
+    """
+    src = Path(src)
+    meta_path = src / "metadata.csv"
+    if folders and meta_path.is_file():
+        raise DataError(f"{src} holds metadata.csv: it is a competition folder, not one sub-folder per identity; "
+                        "drop --folders to train on its labelled rows")
+    if folders:
+        if not src.is_dir():
+            raise DataError(f"{src} is not a folder; give --folders a folder with one sub-folder per identity")
+        return "folders"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path} not found: kit train reads a competition folder's labelled rows from it. For a "
+                        "folder with one sub-folder per identity, add --folders (each sub-folder is one identity), or "
+                        f"turn it into a competition first: kit import-folders {src} OUT --dataset NAME")
+    return "competition"
 
 
 def scan_folders(src: str | Path) -> pd.DataFrame:

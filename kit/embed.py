@@ -383,6 +383,9 @@ def embed_paths(paths: Sequence[str], conf: dict, cache_dir: Path | None = None,
     def compute(idx: np.ndarray) -> dict[str, np.ndarray]:
         return {"emb": extract(descriptor, [paths[i] for i in idx], conf)}
 
-    flush = max(2048, 16 * conf.get("batch_size", 32))  # rows per saved shard: the resume granularity
-    return cache.cached_compute(folder, keys, compute, flush_every=flush).get(
-        "emb", np.zeros((0, descriptor.dim), np.float32))
+    # the resume granularity: a shard after the first batch, then after about FLUSH_SECONDS of work each (at most
+    # `flush` rows), so a run stopped halfway keeps nearly all it computed
+    bs = conf.get("batch_size", 32)
+    flush = max(2048, 16 * bs)
+    return cache.cached_compute(folder, keys, compute, flush_every=flush, flush_seconds=cache.FLUSH_SECONDS,
+                                first_chunk=bs).get("emb", np.zeros((0, descriptor.dim), np.float32))

@@ -23,3 +23,11 @@ class SubmissionError(KitError):
 
 class ConfigError(KitError):
     """A config file or a --set override is malformed."""
+
+
+class OutputError(KitError):
+    """An output path (--out, --report, --provenance) cannot be written; raised before any work."""
+
+
+class KitWarning(UserWarning):
+    """A problem the run works around (an unwritable cache); the CLI prints it as one line."""

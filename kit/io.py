@@ -49,6 +49,48 @@ def atomic_path(path: str | Path) -> Iterator[str]:
             os.unlink(tmp)
 
 
+def write_problem(path: str | Path, folder: bool = False, keep_folders: bool = False) -> str | None:
+    """Why ``path`` cannot be written (as a file, or as a folder when ``folder``), or None when it can.
+
+    The check is real, not ``os.access`` (which says yes to root on a read-only disk): it creates the missing
+    parent folders as a write would, then a temporary file in the target folder, and removes both again (the
+    folders stay with ``keep_folders``). So it also catches a path through a file, a folder where a file should
+    go, a full or read-only disk. Run it before the work whose result goes there.
+    """
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        return f"{path} exists and is a file, not a folder"
+    if not folder and path.is_dir():
+        return f"{path} is a folder; give a file name (e.g. {path / 'submission.csv'})"
+    target = path if folder else path.parent
+    missing, base = [], target
+    while not base.exists():  # False also for a path that runs through a file (ENOTDIR)
+        missing.append(base)
+        base = base.parent
+    if not base.is_dir():
+        return f"{base} is a file, so nothing can be written under it"
+    made: list[Path] = []
+    where = base  # the folder written into at each step, for the message
+    try:
+        for d in reversed(missing):
+            where = d.parent
+            d.mkdir()
+            made.append(d)
+        where = target
+        fd, tmp = tempfile.mkstemp(dir=target, prefix=".kit-write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        return f"cannot write in {where} ({exc.strerror or exc})"
+    finally:
+        for d in reversed(made if not keep_folders else []):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+    return None
+
+
 def write_text(text: str, path: str | Path) -> Path:
     """Write a text file atomically (``atomic_path``); returns ``path``."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:

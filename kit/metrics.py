@@ -3,6 +3,9 @@
 The two competition scorers reproduce the Kaggle metrics, including their format checks: a malformed
 submission raises `SubmissionError` (Kaggle's ParticipantVisibleError) whose message starts with the Kaggle
 wording and then adds the first offending row and the fix. A malformed solution raises `DataError`.
+Files (`score_files`) are checked as Kaggle reads them, pandas guessing each column's type: image_id "1" is
+"000001" and "10.0" is "10"; an identity column of only numbers is not text; an empty identity is accepted and
+scores as wrong. Scoring itself compares the exact text.
 
 Rows are named "row i (line i+2 of the CSV)": i is the 0-based data row, the CSV line counts the header.
 
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import is_bool_dtype, is_string_dtype
+from pandas.api.types import is_bool_dtype
 from sklearn.metrics import adjusted_rand_score
 
 from .errors import DataError, SubmissionError
@@ -127,7 +130,15 @@ def _check_solution(solution: pd.DataFrame, task: str) -> pd.DataFrame:
     return solution
 
 
-def _check_submission(submission: pd.DataFrame, solution: pd.DataFrame, task: str) -> pd.DataFrame:
+def _check_submission(submission: pd.DataFrame, solution: pd.DataFrame, task: str,
+                      as_read: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Kaggle's format checks of a submission, with the first offending row and the fix.
+
+    ``as_read``: (solution, submission) as Kaggle reads the two CSV files, pandas guessing each column's type
+    (``_read_csv(..., as_kaggle=True)``): image_ids are compared as those values ("000001", "1" and "1.0" are the
+    number 1), and a label column of only numbers is not text. None: the frames' own values. An empty or missing
+    identity is accepted and scores as wrong (so does Kaggle); an empty cluster is not.
+    """
     label = _SUBMISSION_COLUMNS[task][1]
     header = ",".join(_SUBMISSION_COLUMNS[task])
     for column in _SUBMISSION_COLUMNS[task]:
@@ -142,33 +153,33 @@ def _check_submission(submission: pd.DataFrame, solution: pd.DataFrame, task: st
             f"The submission length must be {len(solution)}. Found {len(submission)} rows. "
             "Fix: write exactly one row per test image, as in sample_submission.csv."
         )
-    expected = solution["image_id"].to_numpy(dtype=object)
-    found = submission["image_id"].to_numpy(dtype=object)
-    mismatch = np.flatnonzero(expected != found)
+    typed_solution, typed = as_read if as_read is not None else (solution, submission)
+    expected = typed_solution["image_id"].to_numpy(dtype=object)
+    found = typed["image_id"].to_numpy(dtype=object)
+    mismatch = np.flatnonzero(expected != found)  # element by element, as Python compares: 1 == 1.0, NaN != NaN
     if len(mismatch):
         i = int(mismatch[0])
         raise SubmissionError(
             "Submission column image_id is wrong. Verify that it is in the same order as in "
-            f"sample_submission.csv. First mismatch at {_row(i)}: expected {_show(expected[i])}, "
-            f"found {_show(found[i])}. "
+            f"sample_submission.csv. First mismatch at {_row(i)}: expected {_show(solution['image_id'].iloc[i])}, "
+            f"found {_show(submission['image_id'].iloc[i])}. "
             "Fix: keep the rows, and their order, of sample_submission.csv."
         )
-    values = submission[label]
+    values = typed[label].reset_index(drop=True)
     empty = np.flatnonzero(values.isna().to_numpy() | (values.to_numpy(dtype=object) == ""))
-    if len(empty):
+    if len(empty) and task == CLUSTERING:
         i = int(empty[0])
-        what = f"'{NEW_INDIVIDUAL}' or an identity" if task == IDENTIFICATION else "a cluster name"
         raise SubmissionError(
-            f"Submission column {label} is empty at {_row(i)} (image_id {_show(found[i])}). "
-            f"Fix: write {what} for every image."
+            f"Submission column {label} is empty at {_row(i)} (image_id {_show(submission['image_id'].iloc[i])}). "
+            "Fix: write a cluster name for every image."
         )
-    if not is_string_dtype(values) or not all(isinstance(v, str) for v in values):
-        bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
-        where = f"{_row(bad)} holds {_show(values.iloc[bad])}" if bad is not None else f"its dtype is {values.dtype}"
-        raise SubmissionError(
-            f"Submission column {label} must be a string; {where}. "
-            f"Fix: write {label} values as text (in pandas: submission['{label}'].astype(str))."
-        )
+    bad = next((i for i, v in enumerate(values) if not isinstance(v, str) and not pd.isna(v)), None)
+    if bad is not None or len(empty) == len(values):
+        where = f"{_row(bad)} holds {_show(values.iloc[bad])}" if bad is not None else "every value is empty"
+        fix = (f"a CSV column that holds only numbers is read as numbers, so the {label} values need names that are "
+               f"not numbers (as the competition's are)" if as_read is not None and bad is not None else
+               f"write {label} values as text (in pandas: submission['{label}'].astype(str))")
+        raise SubmissionError(f"Submission column {label} must be a string; {where}. Fix: {fix}.")
     return submission
 
 
@@ -181,18 +192,20 @@ def _zero_if_nan(x: float) -> float:
     return 0.0 if math.isnan(x) else x
 
 
-def score_2025(solution: pd.DataFrame, submission: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+def score_2025(solution: pd.DataFrame, submission: pd.DataFrame,
+               as_read: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> tuple[float, pd.DataFrame]:
     """AnimalCLEF 2025 score.
 
     solution: columns image_id, identity, dataset (str), new_identity (bool), one row per query.
-    submission: columns image_id, identity (str), rows in the solution's order.
+    submission: columns image_id, identity (str; an empty or missing one scores as wrong), rows in the solution's
+    order. as_read: the two files as Kaggle reads them, for its format checks (``_check_submission``).
     Returns (score, table): table has index dataset (sorted) and float columns BAKS, BAUS, score.
     BAKS / BAUS are NaN where a dataset has no known / no unknown query; `score` then counts them as 0,
     as Kaggle does. The unknown set is taken per dataset (Kaggle pools it over datasets, which is the same
     whenever identity names are unique across datasets, as the competition's dataset prefixes make them).
     """
     solution = _check_solution(solution, IDENTIFICATION)
-    submission = _check_submission(submission, solution, IDENTIFICATION)
+    submission = _check_submission(submission, solution, IDENTIFICATION, as_read)
     predictions = submission["identity"].to_numpy(dtype=object)
     rows = {}
     for dataset, part in solution.groupby("dataset", sort=True):
@@ -211,17 +224,19 @@ def score_2025(solution: pd.DataFrame, submission: pd.DataFrame) -> tuple[float,
     return float(table["score"].mean()), table
 
 
-def score_2026(solution: pd.DataFrame, submission: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+def score_2026(solution: pd.DataFrame, submission: pd.DataFrame,
+               as_read: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> tuple[float, pd.DataFrame]:
     """AnimalCLEF 2026 score.
 
     solution: columns image_id, identity, dataset (str), one row per test image.
     submission: columns image_id, cluster (str, each starting with f"cluster_{dataset}_"), solution order.
+    as_read: the two files as Kaggle reads them, for the format checks (``_check_submission``).
     Returns (score, table): table has index dataset (sorted) and columns ARI (float, sklearn's
     adjusted_rand_score of true identities vs clusters), n_clusters (predicted), n_identities (true),
     n_images (int).
     """
     solution = _check_solution(solution, CLUSTERING)
-    submission = _check_submission(submission, solution, CLUSTERING)
+    submission = _check_submission(submission, solution, CLUSTERING, as_read)
     clusters = submission["cluster"].to_numpy(dtype=object)
     datasets = solution["dataset"].to_numpy(dtype=object)
     for i, (cluster, dataset) in enumerate(zip(clusters, datasets)):
@@ -261,10 +276,13 @@ def detect_task(submission_columns: Iterable[str]) -> str:
     )
 
 
-def _read_csv(path: str | Path, error: type[Exception], what: str) -> pd.DataFrame:
-    # dtype=str + keep_default_na=False: identities such as "123", "0042" or "NA" stay the exact text
+def _read_csv(path: str | Path, error: type[Exception], what: str, as_kaggle: bool = False) -> pd.DataFrame:
+    """The CSV at ``path`` with every column as exact text: identities such as "123", "0042" or "NA" stay as is.
+    ``as_kaggle``: as Kaggle's metric reads it instead, pandas guessing each column's type ("000001" -> 1, an
+    empty cell -> NaN)."""
+    kw = {} if as_kaggle else {"dtype": str, "keep_default_na": False}
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        return pd.read_csv(path, encoding="utf-8-sig", **kw)
     except FileNotFoundError:
         raise error(f"{path}: no such file. Fix: pass the path of the {what} CSV.") from None
     except pd.errors.EmptyDataError:
@@ -289,7 +307,10 @@ def _parse_new_identity(solution: pd.DataFrame, path: str | Path) -> pd.DataFram
 def score_files(solution_path: str | Path, submission_path: str | Path) -> tuple[str, float, pd.DataFrame]:
     """Score a submission CSV against a solution CSV; the task comes from the submission's header.
 
-    Every column is read as exact text (no "123" -> 123, no "NA" -> NaN); new_identity is parsed to bool.
+    Every column is read as exact text (no "123" -> 123, no "NA" -> NaN) for scoring; new_identity is parsed to
+    bool. The format checks look at the files as Kaggle reads them too, so a file is accepted or rejected as
+    Kaggle would: image_id "1" matches "000001" and "10.0" matches "10"; an all-number identity column is
+    rejected; an empty identity scores as wrong.
     Returns (task, score, table) as in score_2025 / score_2026. Errors name the offending file.
     """
     submission = _read_csv(submission_path, SubmissionError, "submission")
@@ -304,8 +325,10 @@ def score_files(solution_path: str | Path, submission_path: str | Path) -> tuple
             "Fix: score it against the 2025 solution.csv (image_id,identity,dataset,new_identity)."
         )
     scorer = score_2025 if task == IDENTIFICATION else score_2026
+    as_read = (_read_csv(solution_path, DataError, "solution", as_kaggle=True),
+               _read_csv(submission_path, SubmissionError, "submission", as_kaggle=True))
     try:
-        score, table = scorer(solution, submission)
+        score, table = scorer(solution, submission, as_read)
     except SubmissionError as err:
         raise SubmissionError(f"{submission_path}: {err}") from err
     except DataError as err:

@@ -12,9 +12,34 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import DataError, SubmissionError
 from .io import read_csv_str, write_csv
 from .schema import LAYOUT_SPLITS, LAYOUT_TASK, SUBMISSION_COLUMNS
-from .errors import SubmissionError
+
+SAMPLE = "sample_submission.csv"  # beside metadata.csv: the rows, and their order, a submission must have
+
+
+def read_sample(root: str | Path) -> pd.DataFrame | None:
+    """``root/sample_submission.csv`` (every column str), or None when the competition has none.
+
+    Raises DataError when it is empty, not a CSV or lacks image_id: ``kit submit`` reads it before any work, so
+    a broken sample stops the run at once instead of after the whole pipeline.
+    """
+    path = Path(root) / SAMPLE
+    if not path.is_file():
+        return None
+    fix = ("copy it again from the competition's data, or delete it (the order then comes from metadata.csv's "
+           "unlabelled rows)")
+    try:
+        sample = read_csv_str(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty ({path.stat().st_size} bytes); {fix}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from None
+    if "image_id" not in sample.columns:
+        raise DataError(f"{path} has no image_id column (found {list(sample.columns)}); {fix}")
+    return sample
+
 
 def expected_order(meta: pd.DataFrame, sample: pd.DataFrame | None = None) -> list[str]:
     """The image_ids a submission must list, in order: the sample submission's, else the metadata's
@@ -67,8 +92,7 @@ def build_submission(pred: pd.DataFrame, order: list[str], layout: str = "2025")
 def write_submission(pred: pd.DataFrame, meta: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     """Validate and atomically write a submission for the competition ``meta`` (from read_competition)."""
     layout = meta.attrs.get("layout", "2025")
-    sample_path = Path(meta.attrs.get("root", ".")) / "sample_submission.csv"
-    sample = read_csv_str(sample_path) if sample_path.is_file() else None
+    sample = read_sample(meta.attrs.get("root", "."))
     out = build_submission(pred, expected_order(meta, sample), layout)
     write_csv(out, path)
     return out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -76,3 +79,76 @@ def test_image_key_changes_with_content(tmp_path):
     k1 = cache.image_key(p)
     p.write_bytes(b"other!")
     assert cache.image_key(p) != k1
+
+
+def test_a_shard_merged_away_meanwhile_is_skipped_silently(tmp_path, monkeypatch):
+    """Another process may merge (delete) a shard between this one's listing and its reading: no warning, nothing
+    deleted, the other rows still served."""
+    for key in ("a", "b", "c"):
+        cache.write_shard(tmp_path, [key], {"emb": np.full((1, 3), ord(key), np.float32)})
+    victim = sorted(tmp_path.glob("shard-*.safetensors"))[1]
+    gone = cache._read_shard(victim)[0]
+    real = cache._read_shard
+
+    def racing(path):
+        if path == victim:
+            path.unlink()  # the other process got there first
+        return real(path)
+
+    monkeypatch.setattr(cache, "_read_shard", racing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "corrupt" warning would fail here
+        row_of, arrays = cache.load_shards(tmp_path)
+    assert set(row_of) == {"a", "b", "c"} - set(gone)
+    assert len(list(tmp_path.glob("shard-*.safetensors"))) == 2
+
+
+def test_merge_writes_first_and_deletes_only_what_it_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "MAX_SHARDS", 2)
+    for i in range(4):
+        cache.write_shard(tmp_path, [f"k{i}", "dup"], {"emb": np.array([[i] * 3, [9] * 3], np.float32)})
+    other = cache.write_shard(tmp_path, ["z"], {"feat": np.ones((1, 2), np.float32)})  # another layout
+    row_of, arrays = cache.load_shards(tmp_path)
+    assert sorted(row_of) == ["dup", "k0", "k1", "k2", "k3"]
+    left = sorted(tmp_path.glob("shard-*.safetensors"))
+    assert other in left and len(left) == 2  # the merged shard and the shard it did not read
+    merged = next(p for p in left if p != other)
+    keys, merged_arrays = cache._read_shard(merged)
+    assert sorted(keys) == sorted(row_of) and len(merged_arrays["emb"]) == 5  # each key once
+    assert np.array_equal(arrays["emb"][row_of["k2"]], [2, 2, 2])
+
+
+def test_time_limit_saves_smaller_chunks_of_whole_batches(tmp_path, monkeypatch):
+    """With flush_seconds, the first chunk is one batch, the next ones about flush_seconds of work each (at one
+    second a row here: 4 rows), in whole batches, each saved as it finishes."""
+    clock = [0.0]
+
+    def one_second_a_row(idx):
+        clock[0] += len(idx)
+        return {"emb": np.stack([np.full(3, i, np.float32) for i in idx])}
+
+    monkeypatch.setattr(cache, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    calls = []
+
+    def compute(idx):
+        calls.append(len(idx))
+        return one_second_a_row(idx)
+
+    out = cache.cached_compute(tmp_path, [f"k{i}" for i in range(15)], compute, flush_every=1024,
+                               flush_seconds=5, first_chunk=2)
+    assert calls == [2, 4, 4, 4, 1]  # 5 s of work is 5 rows, rounded down to whole batches of 2
+    assert len(list(tmp_path.glob("shard-*.safetensors"))) == len(calls)
+    assert np.array_equal(out["emb"][:, 0], np.arange(15))
+
+
+def test_unwritable_cache_root_warns_once_and_is_off(tmp_path, monkeypatch):
+    from kit.errors import KitWarning
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("KIT_CACHE", str(tmp_path / "afile" / "cache"))
+    with pytest.warns(KitWarning, match=r"\$KIT_CACHE.*cache\.enabled=false") as seen:
+        assert cache.cache_root({"enabled": True}) is None
+        assert cache.cache_root({"enabled": True}) is None
+    assert len(seen) == 1
+    monkeypatch.setenv("KIT_CACHE", str(tmp_path / "fine" / "cache"))
+    assert cache.cache_root({"enabled": True}) == tmp_path / "fine" / "cache"

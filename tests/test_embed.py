@@ -120,17 +120,17 @@ def test_cache_reuse_and_invalidation(tiny_2025, lite0, monkeypatch):
     cc = cache_root({"enabled": True})
     a = embed.embed_paths(paths, conf["embed"], cc, lite0)
     b = embed.embed_paths(paths, conf["embed"], cc, lite0)
-    assert calls == [6] and np.array_equal(a, b)  # warm: nothing recomputed
+    assert sum(calls) == 6 and np.array_equal(a, b)  # warm: nothing recomputed (6 rows, in timed chunks)
     for change in ({"image_size": 72}, {"tta_flip": True}):
         calls.clear()
         conf = _conf(**change)
         lite = embed.load_descriptor(conf["embed"])
         embed.embed_paths(paths, conf["embed"], cc, lite)
-        assert calls == [6], change
+        assert sum(calls) == 6, change
     calls.clear()
     other = embed.Descriptor(lite0.net, lite0.preprocess, lite0.name, "x", "other-weights-hash")
     embed.embed_paths(paths, _conf()["embed"], cc, other)
-    assert calls == [6]  # new weights: recomputed
+    assert sum(calls) == 6  # new weights: recomputed
 
 
 def test_tta_flip_changes_embeddings(tiny_2025, lite0):

@@ -62,3 +62,21 @@ def test_read_csv_str_keeps_text(tmp_path):
     df = io.read_csv_str(tmp_path / "m.csv")
     assert df["identity"].tolist() == ["NA", ""] and df["n"].tolist() == ["0123", "7"]
     assert not df.isna().any().any() and math.isfinite(len(df))
+
+
+def test_write_problem_tries_for_real_and_leaves_nothing(tmp_path):
+    from kit.io import write_problem
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    assert write_problem(tmp_path / "new" / "deeper" / "sub.csv") is None
+    assert write_problem(tmp_path / "new" / "report", folder=True) is None
+    assert sorted(tmp_path.rglob("*")) == before  # the folders it made to try are gone again
+    assert "afile is a file" in write_problem(tmp_path / "afile" / "sub.csv")
+    assert "afile is a file" in write_problem(tmp_path / "afile" / "x" / "rep", folder=True)
+    assert "is a folder; give a file name" in write_problem(tmp_path / "adir")
+    assert "exists and is a file, not a folder" in write_problem(tmp_path / "afile", folder=True)
+    assert write_problem(tmp_path / "afile") is None  # an existing file is replaced atomically
+    assert write_problem(tmp_path / "keep" / "cache", folder=True, keep_folders=True) is None
+    assert (tmp_path / "keep" / "cache").is_dir()

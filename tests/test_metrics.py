@@ -171,23 +171,30 @@ def good_2025():
         (lambda s: s.iloc[[0, 2, 1]],
          r"Submission column image_id is wrong\. Verify that it is in the same order as in sample_submission\.csv\. "
          r"First mismatch at row 1 \(line 3 of the CSV\): expected 'D_q1', found 'D_q2'\."),
-        (lambda s: s.assign(identity=["a", "", NEW]),
-         r"Submission column identity is empty at row 1 \(line 3 of the CSV\) \(image_id 'D_q1'\)\. "
-         r"Fix: write 'new_individual' or an identity for every image\."),
-        (lambda s: s.assign(identity=["a", "b", None]),
-         r"Submission column identity is empty at row 2 \(line 4 of the CSV\)"),
+        (lambda s: s.assign(identity=[None, None, None]),
+         r"Submission column identity must be a string; every value is empty\."),
         (lambda s: s.assign(identity=pd.Series(["a", 7, NEW], dtype=object)),
          r"Submission column identity must be a string; row 1 \(line 3 of the CSV\) holds 7\. "
          r"Fix: write identity values as text"),
         (lambda s: s.assign(identity=[1, 2, 3]),
          r"Submission column identity must be a string; row 0 \(line 2 of the CSV\) holds 1"),
     ],
-    ids=["no image_id", "no identity", "length", "order", "empty string", "NaN", "mixed types", "int column"],
+    ids=["no image_id", "no identity", "length", "order", "all empty", "mixed types", "int column"],
 )
 def test_score_2025_format_errors(mutate, message):
     solution, submission = good_2025()
     with pytest.raises(SubmissionError, match=message):
         score_2025(solution, mutate(submission))
+
+
+@pytest.mark.parametrize("blank", ["", None, float("nan")], ids=["empty string", "None", "NaN"])
+def test_score_2025_scores_an_empty_identity_as_wrong(blank):
+    # as Kaggle: known a right, known b blank (wrong) -> BAKS 1/2; unknown u right -> BAUS 1; sqrt(1/2)
+    solution, submission = good_2025()
+    submission["identity"] = pd.Series(["a", blank, NEW], dtype=object)
+    score, table = score_2025(solution, submission)
+    assert table.loc["D", "BAKS"] == pytest.approx(0.5) and table.loc["D", "BAUS"] == 1.0
+    assert score == pytest.approx(0.5 ** 0.5)
 
 
 @pytest.mark.parametrize(
@@ -368,9 +375,10 @@ def test_score_files_2026(tmp_path):
 
 def test_score_files_errors_name_the_file(tmp_path):
     solution = write(tmp_path / "solution.csv", "image_id,identity,dataset,new_identity\n1,a,D,False\n")
-    empty_cell = write(tmp_path / "empty_cell.csv", "image_id,identity\n1,\n")
-    with pytest.raises(SubmissionError, match=re.escape(f"{empty_cell}: Submission column identity is empty at row 0")):
-        score_files(solution, empty_cell)
+    empty_column = write(tmp_path / "empty_column.csv", "image_id,identity\n1,\n")
+    with pytest.raises(SubmissionError, match=re.escape(f"{empty_column}: Submission column identity must be a string; "
+                                                        "every value is empty")):
+        score_files(solution, empty_column)
     missing = tmp_path / "missing.csv"
     with pytest.raises(SubmissionError, match=re.escape(f"{missing}: no such file. Fix: pass the path")):
         score_files(solution, missing)

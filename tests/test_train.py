@@ -124,7 +124,7 @@ def test_training_frame_reads_a_folder_per_identity(tiny_2025, tmp_path):
     for r in frame.head(7).itertuples():
         (tmp_path / "zoo" / r.identity).mkdir(parents=True, exist_ok=True)
         shutil.copy(r.filepath, tmp_path / "zoo" / r.identity / f"{r.image_id}_leftphoto.png")
-    got = kt.training_frame(tmp_path / "zoo")
+    got = kt.training_frame(tmp_path / "zoo", folders=True)
     assert len(got) == 7 and set(got["dataset"]) == {"zoo"} and (got["orientation"] == "left").all()
     assert sorted(got["identity"]) == sorted(frame.head(7)["identity"])
 
@@ -196,8 +196,11 @@ def test_train_resume_then_submit(tiny_2025, tmp_path, monkeypatch, capsys):
         return real(self)
 
     monkeypatch.setattr(kt.Trainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", str(tiny_2025), "--out", str(broken), *args])
+    capsys.readouterr()
+    assert main(["train", str(tiny_2025), "--out", str(broken), *args]) == 130  # Ctrl-C: a line, no traceback
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted: kept the last finished epoch's checkpoint in {broken / 'last'}; rerun the same command to "
+        "resume from it")
     monkeypatch.setattr(kt.Trainer, "train_epoch", real)
     assert list(pd.read_csv(broken / "history.csv")["epoch"]) == [0, 1]
     capsys.readouterr()
@@ -304,3 +307,16 @@ def test_ddp_gradients_match_one_process(tmp_path):
     for a, b in zip(ddp_bn, _grads(bn)):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * scale)
     assert any(g.abs().sum() > 0 for g in ddp_gn)
+
+
+def test_resume_tells_a_longer_schedule_from_another_model():
+    from kit.config import dump_config
+
+    saved = yaml.safe_load(dump_config(tiny_conf()))  # as OUT/train_config.yaml holds it
+    conf = tiny_conf(epochs=30, num_workers=3, embed_dim=16, crop_scale=(0.5, 1.0))
+    conf["embed"]["batch_size"] = 4  # how the run executes: free
+    conf["rerank"]["enabled"] = not conf["rerank"]["enabled"]  # not part of training
+    blocking, schedule = kt.changed_settings(saved, conf)
+    assert blocking == ["train.crop_scale [0.6, 1.0] -> [0.5, 1.0]", "train.embed_dim 32 -> 16"]
+    assert schedule == ["train.epochs 20 -> 30"]
+    assert kt.changed_settings(saved, tiny_conf()) == ([], [])

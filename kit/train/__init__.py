@@ -4,11 +4,11 @@ What is trained: the ``embed`` section's timm backbone with its weights (``embed
 a kit checkpoint continues training), a neck (``train.neck``: Linear + BatchNorm1d to ``train.embed_dim``)
 and a sub-centre ArcFace head over the training identities. Only the backbone and the neck are kept.
 
-Data: ``DATA`` is a competition folder (its labelled rows: database in 2025, train in 2026) or any folder
-with one sub-folder per identity (kit.data.scan_folders). A class is a (dataset, identity) pair. A share
-``train.val_identities`` of each dataset's identities is held out, never trained on, and split open-set
-(kit.splits.open_set_split) into database, known queries and unknown queries; every epoch reports R-1, mAP
-and the best open-set score sqrt(BAKS*BAUS) on it, and the best epoch by ``train.select`` is kept.
+Data: ``DATA`` is a competition folder (its labelled rows: database in 2025, train in 2026) or, with
+``kit train --folders``, any folder with one sub-folder per identity (kit.data.scan_folders). A class is a
+(dataset, identity) pair. A share ``train.val_identities`` of each dataset's identities is held out, never trained
+on, and split open-set (kit.splits.open_set_split) into database, known queries and unknown queries; every epoch
+reports R-1, mAP and the best open-set score sqrt(BAKS*BAUS) on it, and the best epoch by ``train.select`` is kept.
 
 Batches are identity-balanced: ``batch_size / per_identity`` identities with ``per_identity`` photos each.
 ``batch_size`` counts the images of one optimizer step over all processes and accumulation steps, so a
@@ -20,7 +20,8 @@ Output folder ``OUT``::
 
     config.json, model.safetensors     the best epoch: a kit checkpoint, so --set embed.weights=OUT embeds with it
     last/                              the latest epoch's checkpoint and train_state.pt (optimizer, schedule,
-                                       head, history): a rerun with the same OUT resumes from it
+                                       head, history): a rerun with the same OUT resumes from it, unless it
+                                       changes more than train.epochs or how the run executes (kit.train.resume)
     history.csv, curve.png             one row per epoch (epoch 0: the backbone before training); the curves
     train_config.yaml                  the full config of the run
 
@@ -36,6 +37,7 @@ The package, by responsibility (each module imports only those above it):
     data          the labelled photos, the held-out split, identity-balanced batches, augmentation
     distributed   this process's rank, world and device under torchrun
     heldout       held-out retrieval and open-set metrics, the training curves
+    resume        whether a rerun into the same OUT may continue the run left there (its settings vs the saved ones)
     trainer       Trainer (one run) and train, the entry ``kit train`` calls
 """
 
@@ -46,6 +48,7 @@ from .distributed import Dist, init_distributed
 from .heldout import METRICS, heldout_metrics, plot_history
 from .model import (CHAIN_SEQUENCES, STATE_FILE, Features, Net, accumulate_gradients, backbone_chain, cache_start,
                     chain_matches, freeze_groups, param_groups, save_checkpoint, save_state, set_train_mode)
+from .resume import changed_settings, check_resume
 from .trainer import Trainer, train
 
 __all__ = [
@@ -61,6 +64,8 @@ __all__ = [
     "Dist", "init_distributed",
     # heldout
     "METRICS", "heldout_metrics", "plot_history",
+    # resume
+    "changed_settings", "check_resume",
     # trainer
     "Trainer", "train",
 ]

@@ -11,24 +11,21 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..data import labelled_mask, open_image, read_competition, require_readable, scan_folders
+from ..data import labelled_mask, open_image, read_competition, require_readable, scan_folders, training_source
 from ..errors import DataError
 from ..splits import open_set_split
 
 RESIZE_MARGIN = 1.15  # photos are squashed to this x image_size before the random crop takes image_size
 
 
-def training_frame(src: str | Path, check_images: bool = True) -> pd.DataFrame:
+def training_frame(src: str | Path, check_images: bool = True, folders: bool = False) -> pd.DataFrame:
     """Labelled photos to train on: columns ``filepath``, ``identity``, ``dataset`` (and the metadata's).
 
-    src: a competition folder (metadata.csv; its database/train rows) or a folder per identity (the folder's
-    name becomes the dataset name).
+    src: a competition folder (metadata.csv; its database/train rows), or with ``folders`` a folder with one
+    sub-folder per identity (the folder's name becomes the dataset name); kit.data.training_source says which.
     """
     src = Path(src)
-    if (src / "metadata.csv").is_file():
-        meta = read_competition(src, check_images=check_images)
-        frame = meta[labelled_mask(meta)].reset_index(drop=True)
-    elif src.is_dir():
+    if training_source(src, folders) == "folders":
         found = scan_folders(src)
         if check_images:
             require_readable(found["source"], f"{src} holds unreadable images (remove or fix them)")
@@ -36,8 +33,8 @@ def training_frame(src: str | Path, check_images: bool = True) -> pd.DataFrame:
                               "orientation": found["orientation"], "dataset": src.resolve().name,
                               "filepath": found["source"]})
     else:
-        raise DataError(f"{src}: not a folder; give a competition folder (with metadata.csv) or a folder "
-                        "with one sub-folder per identity")
+        meta = read_competition(src, check_images=check_images)
+        frame = meta[labelled_mask(meta)].reset_index(drop=True)
     if frame.empty:
         raise DataError(f"{src}: no labelled photos to train on (a competition needs database/train rows)")
     return frame

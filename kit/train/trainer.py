@@ -28,6 +28,7 @@ from .distributed import Dist, init_distributed
 from .heldout import METRICS, heldout_metrics, plot_history
 from .model import (STATE_FILE, Features, Net, accumulate_gradients, backbone_chain, cache_start, freeze_groups,
                     param_groups, save_checkpoint, save_state, set_train_mode)
+from .resume import check_resume
 
 
 class Trainer:
@@ -49,8 +50,12 @@ class Trainer:
         keys = (self.train_df["dataset"].astype(str) + "/" + self.train_df["identity"].astype(str)).to_numpy()
         self.classes, self.labels = np.unique(keys, return_inverse=True)
         if len(self.classes) < 2:
-            raise DataError(f"only {len(self.classes)} training identity; ArcFace needs at least 2 "
-                            "(lower train.val_identities or add data)")
+            total = frame.groupby(["dataset", "identity"]).ngroups
+            fix = ("lower train.val_identities (it holds out a share of the identities)" if total >= 2 else
+                   "add photos of more identities")
+            raise DataError(f"only {len(self.classes)} training identity ({total} in the data, "
+                            f"{total - len(self.classes)} held out by train.val_identities={tc['val_identities']}); "
+                            f"ArcFace needs at least 2: {fix}")
         self._check_batching()
 
         # model: the embed section's backbone and weights, a fresh neck unless a kit checkpoint brings one
@@ -77,8 +82,12 @@ class Trainer:
                                   "--out, or --set train.resume=false to start over in this folder")
             from safetensors.torch import load_file
 
-            embedder.load_state_dict(load_file(str(last / "model.safetensors")))
-            head.load_state_dict(self.state["head"])
+            try:  # check_resume compared the settings; this catches what they do not show (embed.model=auto)
+                embedder.load_state_dict(load_file(str(last / "model.safetensors")))
+                head.load_state_dict(self.state["head"])
+            except RuntimeError as exc:
+                raise ConfigError(f"{last}: that run's model has another shape than this one ({str(exc)[:300]}); "
+                                  "use a new --out, or --set train.resume=false to start over in this folder") from None
 
         self.frozen = freeze_groups(embedder.backbone, tc["freeze_groups"])
         start = cache_start(embedder.backbone, self.size, self.model_name) if tc["cache_views"] else 0
@@ -108,7 +117,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self.lr_factor(s))
         self.epoch, self.step, self.history, self.losses, self.best = 0, 0, [], [], None
         if self.state is not None:
-            self.optimizer.load_state_dict(self.state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(self.state["optimizer"])
+            except ValueError as exc:  # other trainable parameters (train.freeze_groups)
+                raise ConfigError(f"{last}: that run optimised other parameters ({exc}); use a new --out, or "
+                                  "--set train.resume=false to start over in this folder") from None
             self.scheduler.load_state_dict(self.state["scheduler"])
             self.scaler.load_state_dict(self.state["scaler"])
             self.epoch, self.step = int(self.state["epoch"]), int(self.state["step"])
@@ -343,14 +356,18 @@ class Trainer:
                 "out": str(self.out), "rank": self.dist.rank}
 
 
-def train(src: str | Path, conf: dict, out: str | Path) -> dict:
-    """Fine-tune on ``src`` (a competition folder or a folder per identity) into ``out``; see the package
-    docstring. ``conf``: the whole merged config (its ``train``, ``embed`` and ``data`` sections are read; all of it
-    is saved as OUT/train_config.yaml). Under torchrun every process calls this; only rank 0 writes. Returns
-    Trainer.fit's summary."""
+def train(src: str | Path, conf: dict, out: str | Path, folders: bool = False) -> dict:
+    """Fine-tune on ``src`` (a competition folder, or with ``folders`` a folder per identity) into ``out``; see the
+    package docstring. ``conf``: the whole merged config (its ``train``, ``embed`` and ``data`` sections are read;
+    all of it is saved as OUT/train_config.yaml). A run left in OUT/last/ is resumed when ``conf`` may continue it
+    (kit.train.resume), else this stops before any work. Under torchrun every process calls this; only rank 0
+    writes. Returns Trainer.fit's summary."""
+    schedule = check_resume(out, conf, STATE_FILE)
     where = init_distributed(conf["train"]["device"])
     try:
-        frame = training_frame(src, conf["data"]["check_images"])
+        if schedule and where.main:
+            tqdm.write(f"resuming {Path(out) / 'last'} with a changed schedule: {'; '.join(schedule)}")
+        frame = training_frame(src, conf["data"]["check_images"], folders)
         from ..pipeline.descriptors import sections
 
         first = sections(conf["embed"])[0]  # several descriptors (embed.model=auto, embed.also): train the first
