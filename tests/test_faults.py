@@ -262,6 +262,36 @@ def test_resume_refuses_another_model_and_continues_a_longer_schedule(comp_copy,
     assert list(read_csv_str(out / "history.csv")["epoch"]) == ["1", "2"]  # epoch 1 was not trained again
 
 
+# ----------------------------------------------- 6: datasets that cannot be calibrated or validated are said
+
+
+def test_degenerate_datasets_are_warned_about_and_keep_their_rows(comp_copy, tmp_path):
+    """SynTurtle's database keeps one identity (no identity to hold out: tau falls back); SynSalamander loses its
+    whole database (every query new_individual, and nothing to validate). Both are said, once each; validate keeps
+    both rows."""
+    import pandas as pd
+
+    meta = pd.read_csv(comp_copy / "metadata.csv", dtype=str, keep_default_na=False)
+    db = meta["split"] == "database"
+    turtle = db & (meta["dataset"] == "SynTurtle")
+    keep_id = meta.loc[turtle, "identity"].iloc[0]
+    meta = meta[~(turtle & (meta["identity"] != keep_id)) & ~(db & (meta["dataset"] == "SynSalamander"))]
+    meta.to_csv(comp_copy / "metadata.csv", index=False)
+    (comp_copy / "sample_submission.csv").unlink()  # the queries are unchanged, but keep the sample out of it
+    code, out, err = run_kit("submit", comp_copy, "--out", tmp_path / "sub.csv", *FAST, env=kit_env(tmp_path))
+    assert code == 0, err
+    assert out.count("warning: SynTurtle: too few identities to hold any out") == 1, out
+    assert out.count("warning: SynSalamander: no database photos, so all") == 1, out
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype=str)
+    sala = meta.loc[(meta["split"] == "query") & (meta["dataset"] == "SynSalamander"), "image_id"]
+    assert (sub.set_index("image_id").loc[sala, "identity"] == "new_individual").all()
+    code, out, err = run_kit("validate", comp_copy, "--report", tmp_path / "rep", *FAST, env=kit_env(tmp_path))
+    assert code == 0, err
+    assert "warning: SynSalamander: no labelled photos, so it cannot be validated" in out
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith("Syn")]
+    assert {"SynLynx", "SynSalamander", "SynTurtle"} <= set(rows), out
+
+
 # ------------------------------------------------------------- 4 and 5: Ctrl-C, and a rerun that resumes the cache
 
 

@@ -79,12 +79,12 @@ def test_the_plan_shortens_the_shortlist_then_drops_the_slowest_matcher(monkeypa
 
     monkeypatch.setattr("kit.rerank.make_scorer", Fake)
     monkeypatch.setattr(local, "probe", lambda s, cache_dir: rates[s.name])
-    meta = _meta(1000, 500)  # all pairs: 500 x 1000 + 0.6 x 1000 x 999 ~ 1.1M
-    conf = load_config(None, ["rerank.extractor=[aliked-n16, sift]", "rerank.budget_s=600"])
+    meta = _meta(1000, 500)  # 500 candidates each: 500 x 500 + 0.6 x 1000 x 500 = 550k pairs
+    conf = load_config(None, ["rerank.extractor=[aliked-n16, sift]", "rerank.budget_s=300"])
     plan = local.plan_matching(meta, conf)
     out = capsys.readouterr().out
     assert plan.names == ["sift"] and "dropping it" in out  # LightGlue on 2 pairs/s fits no shortlist
-    assert plan.topk == 200 and plan.seconds <= 600  # 1.1M pairs is 18 min at 1000/s; 200 each is 220k, 3.7 min
+    assert plan.topk == 200 and plan.seconds <= 300  # 550k pairs is 9 min at 1000/s; 200 each is 220k, 3.7 min
     assert "local matching: sift on" in out and "shortlist 200" in out
     tight = local.plan_matching(meta, load_config(None, ["rerank.budget_s=1"]))
     assert tight.scorers == [] and "local matching OFF" in capsys.readouterr().out  # never off silently

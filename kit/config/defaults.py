@@ -60,9 +60,9 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "dir": Str("~/.cache/kit"),  # cache root; $KIT_CACHE overrides it when set
     },
     "retrieve": {
-        # candidates per query (photos, by mean cosine) that local matching and the pair model look at; "all" = every
-        # database photo. The local-matching plan shortens it when matching them all would exceed rerank.budget_s
-        "topk": Int("all", 1, also=("all",)),
+        # candidates per query (photos, by mean cosine) the pair model scores; "all" = every database photo (memory
+        # grows as photos x topk). Local matching covers the first of them, as many as rerank.budget_s allows
+        "topk": Int(500, 1, also=("all",)),
         "chunk_size": Int(4096, 1),  # queries per matmul chunk: bounds memory at chunk_size x gallery floats
         # per-identity score: "max" (best image) or "topm" (mean of the m best)
         "aggregate": Choice("max", "max", "topm"),

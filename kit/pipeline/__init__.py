@@ -115,6 +115,14 @@ def validate(meta: pd.DataFrame, conf: dict, task: str = "auto", plan: Plan | No
         result, info = validate_clustering(db, q, solution, embs, conf, plan)
     else:
         result, info = validate_identification(db, q, solution, embs, conf, plan)
+    lab = labelled_mask(meta)
+    for name in sorted(set(meta["dataset"]) - set(meta.loc[lab, "dataset"])):  # nothing labelled to split
+        print(f"warning: {name}: no labelled photos, so it cannot be validated (its row stays, empty)", flush=True)
+        result[name] = ({"ARI": float("nan"), "n_clusters": 0, "n_identities": 0, "n_images": 0, "method": None,
+                         "cut": None, "heldout_ARI": None, "note": "no labelled photos"} if task == CLUSTERING
+                        else {p: {"note": "no labelled photos"} for p in ("global", final_pipeline(plan))})
+    if task == CLUSTERING and "mean" in result:
+        result["mean"] = result.pop("mean")  # keep "mean" last
     return result, {**info, "plan": plan, "descriptors": list(embs)}
 
 

@@ -55,7 +55,7 @@ def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dic
                    ) -> dict[str, DatasetScores]:
     """``score_dataset`` for every dataset with database photos; pair models fitted per dataset (pooled where a
     dataset is too small, kit/pipeline/pairs.py fit_models)."""
-    rc, k = conf["rerank"], plan.topk
+    rc, topk = conf["rerank"], conf["retrieve"]["topk"]
     tables, built = {}, {}
     for name in sorted(db["dataset"].unique()):
         dm, qm = (db["dataset"] == name).to_numpy(), (q["dataset"] == name).to_numpy()
@@ -64,15 +64,17 @@ def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dic
         dbf, qf = db[dm].reset_index(drop=True), q[qm].reset_index(drop=True)
         labels = dbf["identity"].to_numpy(dtype=object)
         fl_db, fl_q = flanks(dbf), flanks(qf)
+        k = len(dbf) if topk == "all" else int(topk)
         cand_db = candidates(ed, ed, labels, k, int(rc["per_identity"]), True, fl_db, fl_db)
         cand_q = candidates(eq, ed, labels, k, int(rc["per_identity"]), False, fl_q, fl_db)
         if plan.scorers:
-            skip = rc["skip_opposite_flanks"]
             paths = dbf["filepath"].tolist()
-            score_candidates(plan, cand_db, paths, paths, labels, conf, cand_db.cols["flank_opposite"] > 0 if skip
-                             else None)
-            score_candidates(plan, cand_q, qf["filepath"].tolist(), paths, labels, conf,
-                             cand_q.cols["flank_opposite"] > 0 if skip else None)
+            for cand, qpaths in ((cand_db, paths), (cand_q, qf["filepath"].tolist())):
+                skip = np.zeros(cand.index.shape, bool)
+                skip[:, plan.topk:] = True  # candidates past the plan's shortlist keep their global evidence only
+                if rc["skip_opposite_flanks"]:
+                    skip |= cand.cols["flank_opposite"] > 0
+                score_candidates(plan, cand, qpaths, paths, labels, conf, skip)
         cdb, cq = combine(ed), combine(eq)
         cos_db = cdb @ cdb.T
         np.fill_diagonal(cos_db, -np.inf)

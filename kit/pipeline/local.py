@@ -33,11 +33,11 @@ SYMMETRIC_SHARE = 0.6  # database x database pairs left after each unordered pai
 
 @dataclass
 class Plan:
-    """What local matching will do for a competition: ``scorers`` (kit.rerank.scorers; empty = off), the
-    shortlist length ``topk``, and the estimate it was chosen by."""
+    """What local matching will do for a competition: ``scorers`` (kit.rerank.scorers; empty = off), how many of
+    each query's candidates it matches (``topk``, the first by mean cosine), and the estimate it was chosen by."""
 
     scorers: list = field(default_factory=list)
-    topk: int = 100
+    topk: int = 0
     pairs: int = 0
     seconds: float = 0.0
     why: str = ""
@@ -107,8 +107,8 @@ def _pairs_for(sizes: list[tuple[int, int]], k: int) -> int:
 def plan_matching(meta: pd.DataFrame, conf: dict, verbose: bool = True) -> Plan:
     """The plan for a competition (see the module docstring); ``meta`` is the whole folder."""
     rc, topk = conf["rerank"], conf["retrieve"]["topk"]
-    if rc["enabled"] is False:
-        return Plan(topk=_as_k(topk, meta), why="local matching off (rerank.enabled=false)")
+    if rc["enabled"] is False or float(rc["budget_s"]) <= 0:
+        return Plan(topk=0, why="local matching off (rerank.enabled=false or rerank.budget_s=0)")
     from ..device import resolve
     from ..rerank import make_scorer, rerank_conf
 
@@ -155,7 +155,7 @@ def plan_matching(meta: pd.DataFrame, conf: dict, verbose: bool = True) -> Plan:
            "rerank.enabled=true to match anyway")
     if verbose:
         print(why, flush=True)
-    return Plan([], _as_k(topk, meta), 0, 0.0, why)
+    return Plan([], 0, 0, 0.0, why)
 
 
 def _as_k(topk, meta: pd.DataFrame) -> int:
