@@ -23,3 +23,7 @@ class SubmissionError(KitError):
 
 class ConfigError(KitError):
     """A config file or a --set override is malformed."""
+
+
+class DecisionsError(KitError):
+    """A decisions.json (kit review's export, or any tool's) does not fit the competition it is applied to."""
