@@ -8,6 +8,8 @@ CONFIG ?=# a YAML of overrides (configs/); empty = every setting from kit/config
 DEMO := .demo
 SUBMISSIONS ?= submissions# where `make submit` writes <timestamp>-<config>-<local score>.csv + .json
 SET ?=# extra settings for submit/validate/review, as `kit --set`: SET="embed.batch_size=64 rerank.enabled=false"
+DECISIONS ?=# decisions.json file(s) from the review pages, for `make submit` (space-separated)
+REVIEW ?=# REVIEW=1: `make validate` also writes reports/<folder>/review/ (the review site with the answers)
 DEMO_CONFIG := configs/demo.yaml# the demo's own small settings (one descriptor, a short shortlist): under 2 min
 CONF_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach s,$(SET),--set $(s))
 COMPETITION ?= animal-clef-2025
@@ -17,7 +19,7 @@ NO_DOWNLOAD ?=# NO_DOWNLOAD=1: `make kaggle-dataset` without pip download (offli
 # The CPU/CUDA torch build that lies on this project's machines; Kaggle brings its own (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install demo test test-fast submit validate clean download upload kaggle-dataset bench-gpu bench-gpu-inputs
+.PHONY: help install demo test test-fast submit validate review clean download upload kaggle-dataset bench-gpu bench-gpu-inputs
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,13 +50,17 @@ test: .venv/.installed ## run the whole test suite (offline, CPU): what CI runs,
 test-fast: .venv/.installed ## the inner loop: every test but the end-to-end runs (marked slow), under a minute
 	$(PY) -m pytest -q -m "not slow"
 
-submit: .venv/.installed ## validate, then write submissions/<time>-<config>-<local score>.csv + provenance .json: make submit DATA=... [CONFIG=...]
-	@test -n "$(DATA)" || { echo "usage: make submit DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"]"; exit 2; }
-	$(KIT) submit $(DATA) $(CONF_ARGS) --provenance $(SUBMISSIONS)
+submit: .venv/.installed ## validate, then write submissions/<time>-<config>-<local score>.csv + provenance .json: make submit DATA=... [CONFIG=...] [DECISIONS=...]
+	@test -n "$(DATA)" || { echo "usage: make submit DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"] [DECISIONS=decisions.json]"; exit 2; }
+	$(KIT) submit $(DATA) $(CONF_ARGS) --provenance $(SUBMISSIONS) $(foreach d,$(DECISIONS),--decisions $(d))
 
 validate: .venv/.installed ## score the pipeline on an open-set split, report in reports/<folder>/: make validate DATA=... [CONFIG=...] [SET=...]
 	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"]"; exit 2; }
-	$(KIT) validate $(DATA) $(CONF_ARGS) --report reports/$$(basename $(DATA))
+	$(KIT) validate $(DATA) $(CONF_ARGS) --report reports/$$(basename $(DATA)) $(if $(REVIEW),--review reports/$$(basename $(DATA))/review)
+
+review: .venv/.installed ## run the pipeline, write the review site reviews/<folder>/index.html (offline, keyboard): make review DATA=... [CONFIG=...]
+	@test -n "$(DATA)" || { echo "usage: make review DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"]"; exit 2; }
+	$(KIT) review $(DATA) $(CONF_ARGS) --out reviews/$$(basename $(DATA))
 
 download: .venv/.installed ## download and unzip the competition into data/ (needs Kaggle credentials, see README)
 	$(KIT) kaggle download --competition $(COMPETITION) --out $(KAGGLE_DATA)

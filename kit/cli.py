@@ -86,6 +86,21 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def _decisions(args, meta):
+    """The checked decisions of ``--decisions`` (before anything runs: a bad file stops the run), or None."""
+    if not getattr(args, "decisions", None):
+        return None
+    from .review import load_decisions
+
+    return load_decisions(args.decisions, meta)
+
+
+def _print_site(site: dict) -> None:
+    t = site["thumbnails"]
+    print(f"wrote the review site {site['index']} ({len(site['pages'])} page(s); thumbnails: {t['made']} made, "
+          f"{t['cached'] + t['kept']} reused): open it in a browser, offline")
+
+
 def cmd_submit(args) -> int:
     conf = _conf(args)  # settings and outputs first: instant, before the heavy imports
     if args.provenance:
@@ -99,13 +114,30 @@ def cmd_submit(args) -> int:
     from . import pipeline
 
     task = pipeline.task_of(meta, args.task)
+    decisions = _decisions(args, meta)
     plan = pipeline.plan_matching(meta, conf)  # once: the submission and its local score share it
-    pred, details = pipeline.submit(meta, conf, task, plan)
+    links = decisions.links if decisions is not None and task == CLUSTERING else None
+    pred, details = pipeline.submit(meta, conf, task, plan, links=links)
+    if args.review:  # the pipeline's own decisions (2026: the links already honoured)
+        from .review import submission_site
+
+        _print_site(submission_site(args.review, meta, conf, task, plan, pred, details))
+    record = None
+    if decisions is not None:
+        record = decisions.summary()
+        if task != CLUSTERING:
+            from .review import apply_identification
+
+            pred, record["changed"] = apply_identification(pred, decisions)
+            print(f"decisions applied: {record['decisions']} identities ({record['changed']} changed the prediction)")
+        else:
+            print(f"links applied: {record['links']['must']} must-links and {record['links']['cannot']} cannot-links, "
+                  "honoured by the clustering")
     if args.provenance:  # <timestamp>-<config>-<local score>.csv + sidecar JSON (kit/kaggle)
         from .kaggle import record_submission
 
         args.out, out, sidecar = record_submission(meta, conf, args.config, args.provenance, pred, details, task,
-                                                   plan)
+                                                   plan, decisions=record)
         local = sidecar["local_score"]
         print(f"local score {local['value']} (kit validate, {local['pipeline']}); "
               f"provenance in {Path(args.out).with_suffix('.json')}")
@@ -161,6 +193,10 @@ def cmd_validate(args) -> int:
     task = pipeline.task_of(meta, args.task)
     t0 = time.perf_counter()
     result, info = pipeline.validate(meta, conf, task)
+    if args.review:
+        from .review import validation_site
+
+        _print_site(validation_site(args.review, meta, conf, task, info))
     if task == CLUSTERING:
         _print_cluster_table(result)
         if args.report:
@@ -177,6 +213,20 @@ def cmd_validate(args) -> int:
                   "run time": f"{time.perf_counter() - t0:.1f} s (validation, before the report)"}
         written = report.write_report(args.report, result, info, header)
         print(f"wrote {Path(args.report) / 'report.md'} ({len(written)} files: metrics.json, openset.json, plots)")
+    return 0
+
+
+def cmd_review(args) -> int:
+    from . import pipeline
+    from .review import submission_site
+
+    conf, meta = _competition(args)
+    task = pipeline.task_of(meta, args.task)
+    plan = pipeline.plan_matching(meta, conf)
+    pred, details = pipeline.submit(meta, conf, task, plan)
+    out = args.out or str(Path("reviews") / Path(args.data).resolve().name)
+    _print_site(submission_site(out, meta, conf, task, plan, pred, details))
+    print(f"then: kit submit {args.data} --decisions decisions.json (the file the pages export)")
     return 0
 
 
@@ -231,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, fn, hlp in [("embed", cmd_embed, "fill the embedding cache for a competition"),
                           ("submit", cmd_submit, "write a submission CSV"),
-                          ("validate", cmd_validate, "score the pipeline on an open-set split of the database")]:
+                          ("validate", cmd_validate, "score the pipeline on an open-set split of the database"),
+                          ("review", cmd_review, "write a static site to confirm or correct the matches (offline)")]:
         p = sub.add_parser(name, help=hlp)
         p.add_argument("data", help="competition folder (holds metadata.csv)")
         _add_config(p)
@@ -241,9 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
                            help="instead of --out, write DIR/<timestamp>-<config>-<local score>.csv and a sidecar "
                                 "JSON (config, kit version, git commit, weight hashes, validation metrics); runs "
                                 "validate for the local score")
+            p.add_argument("--decisions", action="append", metavar="FILE",
+                           help="apply human decisions (decisions.json from kit review; repeatable): 2025 queries get "
+                                "the decided identity or new_individual, 2026 links are honoured by the clustering")
         if name == "validate":
             p.add_argument("--report", help="folder for metrics.json (and the report)")
         if name in ("submit", "validate"):
+            p.add_argument("--review", metavar="DIR",
+                           help="also write the review site of this run to DIR"
+                                + (" (with the answers: errors first)" if name == "validate" else ""))
+        if name == "review":
+            p.add_argument("--out", help="site folder (default reviews/<competition folder name>)")
+        if name in ("submit", "validate", "review"):
             p.add_argument("--task", choices=["auto", "identification", "clustering"], default="auto",
                            help="identification (2025 layout) or clustering (2026); auto: from the folder's layout")
         p.set_defaults(fn=fn)

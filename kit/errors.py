@@ -31,3 +31,7 @@ class OutputError(KitError):
 
 class KitWarning(UserWarning):
     """A problem the run works around (an unwritable cache); the CLI prints it as one line."""
+
+
+class DecisionsError(KitError):
+    """A decisions.json (kit review's export, or any tool's) does not fit the competition it is applied to."""

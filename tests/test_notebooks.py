@@ -221,6 +221,11 @@ def test_submit_notebook_end_to_end(tiny_2025, tmp_path, kernel):
     pngs = sorted((out / "validation").glob("*.png"))
     images = sum("image/png" in o.get("data", {}) for c in book.cells for o in c.get("outputs", []))
     assert images == len(pngs), "every PNG of the report is displayed"
+    assert (out / "review" / "index.html").is_file(), "submit --review wrote the review site"
+    shown_html = [o["data"]["text/html"] for c in book.cells for o in c.get("outputs", [])
+                  if "most uncertain" in o.get("data", {}).get("text/html", "")]
+    assert len(shown_html) == 1, "the most uncertain queries are shown inline"
+    assert shown_html[0].count("<tr><td>") == 10 and "data:image/jpeg;base64," in shown_html[0]
 
 
 def test_validate_notebook_end_to_end(tiny_2025, tmp_path, kernel):

@@ -65,14 +65,17 @@ def linkage_tree(prob: np.ndarray, method: str = "average") -> np.ndarray:
     return linkage(_condensed_distance(prob), method=method)
 
 
-def cut_tree(tree: np.ndarray, cut: float) -> np.ndarray:
+def cut_tree(tree: np.ndarray, cut: float, forbid: np.ndarray | None = None) -> np.ndarray:
     """[M] int64 labels: merges whose linkage P(same) is >= ``cut`` (distance <= 1 - cut) are kept.
 
     The same partition as scipy's ``fcluster(tree, 1 - cut, "distance")`` for the monotone linkages used here
     (average, complete, single), without its per-call tree validation, which dominates a scan over many cuts.
+    ``forbid: [M - 1] bool``: merges (rows of ``tree``) never kept, whatever their P; it must hold every merge above
+    a forbidden one too (kit/cluster/constraints.py: cannot-links).
     """
     m = len(tree) + 1
-    keep = np.flatnonzero(tree[:, 2] <= 1.0 - float(cut))
+    ok = tree[:, 2] <= 1.0 - float(cut)
+    keep = np.flatnonzero(ok if forbid is None else ok & ~np.asarray(forbid, bool))
     label = np.arange(2 * m - 1)
     children = tree[:, :2].astype(np.int64)
     for r in keep[::-1]:  # a merge row's parent merge comes later in Z: top-down, each child takes its root's label

@@ -20,6 +20,7 @@ from ..schema import cluster_label
 from ..splits import open_set_split
 from .features import (DIRECT_FEATURES, LINK_FEATURES, LOCAL_FEATURES, NEIGHBOUR_FEATURES, LocalFn, PairModel,
                        TrainLinker, _linker_pairs, fit_linker, fit_pair_model, pair_features)
+from .constraints import cluster_with_links, constrain, index_links
 from .linkage import CUT_GRID, ari_curve, cluster_matrix
 
 
@@ -222,12 +223,13 @@ def fit_fallback_model(folds_by_dataset: dict[str, list[dict]], cc: dict) -> Clu
 
 
 def predict_clusters(model: ClusterModel, emb: np.ndarray, orientation=None, *, emb_train: np.ndarray | None = None,
-                     train_labels: np.ndarray | None = None, local: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     train_labels: np.ndarray | None = None, local: np.ndarray | None = None,
+                     links: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cluster M images of one dataset with a fitted model.
 
     ``emb: [M, D]``; ``emb_train: [N, D]`` and ``train_labels: [N]`` are the gallery of train links (used when
-    the model has a linker). Returns (``labels: [M] int64``, ``prob: [M, M] float32``).
+    the model has a linker). ``links``: ``(must [K, 2], cannot [L, 2])`` row pairs that the labels honour
+    (kit/cluster/constraints.py; P is 1 / 0 there). Returns (``labels: [M] int64``, ``prob: [M, M] float32``).
     """
     mem = None
     if model.linker is not None and emb_train is not None and len(emb_train):
@@ -240,6 +242,9 @@ def predict_clusters(model: ClusterModel, emb: np.ndarray, orientation=None, *, 
         raise ValueError("the model uses train links but no training gallery was given")
     prob = model.pair_model.predict(feats)
     del feats
+    if links is not None and (len(links[0]) or len(links[1])):
+        labels = cluster_with_links(prob, model.method, model.cut, model.edge_cut, *links)
+        return labels, constrain(prob, *links)
     return cluster_matrix(prob, model.method, model.cut, model.edge_cut), prob
 
 
@@ -263,14 +268,16 @@ def _no_train_model(cc: dict) -> ClusterModel:
 
 
 def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.DataFrame, emb_test: np.ndarray,
-                        cc: dict, local_fn: LocalFn | None = None, verbose: bool = True
-                        ) -> tuple[np.ndarray, dict]:
+                        cc: dict, local_fn: LocalFn | None = None, verbose: bool = True,
+                        links: pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
     """Cluster every dataset's test images.
 
     ``train``: labelled rows (identity, dataset, orientation), ``emb_train: [N, D]``; ``test``: rows to cluster
     (dataset, orientation), ``emb_test: [M, D]``; both L2-normalised, row-aligned with their frames.
     Returns (``labels: [M] object``, each ``cluster_<dataset>_<k>``, in ``test`` row order;
     ``{dataset: details}`` with method, cut, held-out ARI, n_clusters, n_images, and a note on fallbacks).
+    ``links``: human must-/cannot-links between test photos (columns ``a``, ``b`` image_ids, ``same`` bool), honoured
+    by each dataset's clustering (details then hold ``links``: how many applied).
     """
     train = train.reset_index(drop=True)
     test = test.reset_index(drop=True)
@@ -316,11 +323,15 @@ def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.Dat
         local = None
         if local_fn is not None and "local" in model.pair_model.features:
             local = local_fn(sub, emb_test[qrows])
+        own = index_links(sub["image_id"].to_numpy(dtype=object), links) if links is not None else None
         lab, _ = predict_clusters(model, emb_test[qrows], _orientation(sub), emb_train=emb_train[trows],
-                                  train_labels=train["identity"].to_numpy(dtype=object)[trows], local=local)
+                                  train_labels=train["identity"].to_numpy(dtype=object)[trows], local=local,
+                                  links=own)
         labels[qrows] = [cluster_label(name, k) for k in lab]
         det = model.details()
         if model_note:
             det["note"] = model_note
         details[name] = {**det, "n_clusters": int(len(np.unique(lab))), "n_images": int(len(qrows))}
+        if own is not None:
+            details[name]["links"] = {"must": int(len(own[0])), "cannot": int(len(own[1]))}
     return labels, details

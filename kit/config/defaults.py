@@ -247,6 +247,13 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "sync_bn": Bool(True),  # multi-GPU: BatchNorm statistics over the whole batch (SyncBatchNorm); false = per GPU
         "plot": Bool(True),  # write OUT/curve.png at the end; false skips it
     },
+    "review": {  # kit review / submit --review / validate --review: the static review site (kit/review/)
+        "candidates": Int(5, 1, 20),  # candidate identities shown per query (2025), each by its best-matching photo
+        "drawn": Int(3, 0, 20),  # of those, how many get their local matches drawn as lines; 0 draws none
+        "max_lines": Int(60, 1, 2000),  # match lines drawn per pair: the most confident ones
+        "thumb_size": Int(256, 32, 2048),  # thumbnail long side in px (cached under the kit cache root)
+        "neighbours": Int(3, 0, 10),  # 2026: nearest other clusters offered for a merge, per cluster; 0 offers none
+    },
     "validate": {
         "n_unknown": Int(500, 1),  # unknown-individual images held out per dataset (the founding study used 500)
         "query_fraction": Float(0.3, 0, 1, open=True),  # share of each known identity's images that become queries

@@ -112,11 +112,14 @@ def record_name(config_path: str | Path | None, score: float | None, when: dt.da
 
 
 def record_submission(meta, conf: dict, config_path: str | Path | None, folder: str | Path,
-                      pred, details: dict, task: str = "auto", plan=None) -> tuple[Path, "pd.DataFrame", dict]:
+                      pred, details: dict, task: str = "auto", plan=None, decisions: dict | None = None
+                      ) -> tuple[Path, "pd.DataFrame", dict]:
     """Validate, then write ``folder/<timestamp>-<config>-<score>.csv`` and its sidecar JSON (either task).
 
     ``pred``/``details``: what pipeline.submit returned for ``meta`` with ``plan`` (the local-matching plan, so the
-    sidecar's local score describes the submitted pipeline). Returns (csv path, the submission as
+    sidecar's local score describes the submitted pipeline). ``decisions``: the human decisions applied to ``pred``
+    (kit.review's ``Decisions.summary()``: each file with its sha1), recorded in the sidecar; the local score is
+    the pipeline's own (validation has no human decisions). Returns (csv path, the submission as
     written, sidecar). The CSV is written through submit.write_submission (validated, atomic); the sidecar after it.
     """
     from ..io import write_json
@@ -139,6 +142,7 @@ def record_submission(meta, conf: dict, config_path: str | Path | None, folder: 
         "local_matching": None if plan is None else {"matchers": plan.names, "shortlist": plan.topk,
                                                      "pairs_estimated": plan.pairs, "plan": plan.why},
         "local_score": {k: local[k] for k in ("value", "pipeline", "how")},
+        "decisions": decisions,
         "validation": local["metrics"],
         # per dataset, the scalars of the open-set calibration (tau, its held-out score estimate, ...)
         "calibration": {name: {k: v for k, v in d.items() if isinstance(v, (str, bool, int, float, type(None)))

@@ -58,21 +58,22 @@ def embed_frame(df: pd.DataFrame, conf: dict) -> dict[str, np.ndarray]:
     return descriptors.embed_all(df, conf)
 
 
-def submit(meta: pd.DataFrame, conf: dict, task: str = "auto", plan: Plan | None = None
-           ) -> tuple[pd.DataFrame, dict]:
+def submit(meta: pd.DataFrame, conf: dict, task: str = "auto", plan: Plan | None = None,
+           links: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
     """Predictions for every unlabelled row of a competition (data.read_competition), and per-dataset details.
 
     identification: ``image_id,identity`` (query order) of the submitted pipeline (``final_pipeline``), details
     {dataset: that pipeline's open-set calibration and evidence}; clustering: ``image_id,cluster`` (test order),
     details {dataset: method, cut, held-out ARI, n_clusters, ...}. ``plan``: the local-matching plan
-    (``plan_matching(meta, conf)`` when not given).
+    (``plan_matching(meta, conf)`` when not given). ``links`` (clustering only): human must-/cannot-links between
+    test photos (columns a, b, same; kit/review/decisions.py) that the clustering honours.
     """
     task = task_of(meta, task)
     plan = plan or plan_matching(meta, conf)
     embs = embed_frame(meta, conf)
     lab = labelled_mask(meta)
     if task == CLUSTERING:
-        return submit_clustering(meta, embs, lab, conf, plan)
+        return submit_clustering(meta, embs, lab, conf, plan, links=links)
     db, q = meta[lab].reset_index(drop=True), meta[~lab].reset_index(drop=True)
     preds, details = identify(db, q, {d: e[lab] for d, e in embs.items()}, {d: e[~lab] for d, e in embs.items()},
                               conf, plan)
@@ -105,7 +106,8 @@ def validate(meta: pd.DataFrame, conf: dict, task: str = "auto", plan: Plan | No
 
     identification: result {dataset: {pipeline: {R-1, R-5, R-20, mAP, shortlist_recall, BAKS, BAUS, score}}};
     clustering: {dataset: {ARI, n_clusters, n_identities, n_images, method, cut, heldout_ARI[, ARI_fallback]},
-    "mean": {ARI}}. info: {"details", "solution", "predictions", "plan"} for reports. The local-matching plan is
+    "mean": {ARI}}. info: {"details", "solution", "predictions", "plan", "db", "q"} for reports and review pages
+    (``db``/``q``: the split's frames, column ``_row``). The local-matching plan is
     the competition's (made from the whole folder, as submit makes it). No solution.csv is ever read.
     """
     task = task_of(meta, task)
@@ -123,7 +125,7 @@ def validate(meta: pd.DataFrame, conf: dict, task: str = "auto", plan: Plan | No
                         else {p: {"note": "no labelled photos"} for p in ("global", final_pipeline(plan))})
     if task == CLUSTERING and "mean" in result:
         result["mean"] = result.pop("mean")  # keep "mean" last
-    return result, {**info, "plan": plan, "descriptors": list(embs)}
+    return result, {**info, "plan": plan, "descriptors": list(embs), "db": db, "q": q}
 
 
 def headline(result: dict, plan: Plan, task: str) -> tuple[float | None, str]:

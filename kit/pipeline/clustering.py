@@ -12,15 +12,16 @@ from .pairs import combine
 
 
 def submit_clustering(meta: pd.DataFrame, embs: dict, lab: np.ndarray, conf: dict, plan: Plan,
-                      verbose: bool = True) -> tuple[pd.DataFrame, dict]:
+                      verbose: bool = True, links: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
     """``image_id,cluster`` for every test row (metadata order), and per-dataset details.
 
     ``embs: {descriptor: [len(meta), D]}`` embeddings row-aligned with ``meta``; ``lab: [len(meta)] bool`` the
-    train rows.
+    train rows. ``links``: human must-/cannot-links between test photos (columns a, b, same) that the clustering
+    honours (kit/cluster/constraints.py).
     """
     emb = combine(embs)
     labels, details = cluster_competition(meta[lab], emb[lab], meta[~lab], emb[~lab], conf["cluster"],
-                                          cluster_local_fn(conf, plan), verbose)
+                                          cluster_local_fn(conf, plan), verbose, links=links)
     return pd.DataFrame({"image_id": meta.loc[~lab, "image_id"].to_numpy(), "cluster": labels}), details
 
 
