@@ -90,10 +90,25 @@ def openset_analysis(details: dict, solution: pd.DataFrame) -> dict:
                                   "true": _num(unknown.mean()) if len(unknown) else None},
                 "query_fraction": _num(det.get("query_fraction")),
                 "candidates": cands, "note": det.get("note"),
+                "pair_model": _jsonable(det.get("pair_model")),  # method, weights or gain, CV MRR per method
                 "_plot": {"score": s, "unknown": unknown, "correct": correct, "curve": (taus, bk, bu),
                           "cal_curve": cal.get("curve")},
             }
     return out
+
+
+def _jsonable(value):
+    """Dicts, lists and numbers as plain JSON values (NaN → None), for the report's JSON."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    try:
+        return _num(float(value))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 # ---------------------------------------------------------------------------------------------------------

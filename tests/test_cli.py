@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
 from kit.cli import main
 from kit.io import read_csv_str
@@ -11,6 +12,7 @@ from kit.io import read_csv_str
 FAST = ["--set", "embed.image_size=64", "--set", "embed.num_workers=0"]
 
 
+@pytest.mark.slow
 def test_submit_then_score(tiny_2025, tmp_path, capsys):
     out = tmp_path / "sub.csv"
     assert main(["submit", str(tiny_2025), "--out", str(out), *FAST]) == 0
@@ -25,6 +27,7 @@ def test_submit_then_score(tiny_2025, tmp_path, capsys):
     assert 0.0 <= float(last.split()[1]) <= 1.0
 
 
+@pytest.mark.slow
 def test_validate_writes_metrics_json(tiny_2025, tmp_path, capsys):
     rep = tmp_path / "report"
     assert main(["validate", str(tiny_2025), "--report", str(rep), *FAST,
@@ -49,6 +52,7 @@ def test_score_rejects_wrong_order(tiny_2025, tmp_path, capsys):
     assert "same order" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_submit_never_reads_the_solution(tiny_2025, tmp_path):
     """The answer key sits beside the data; the pipeline must not use it: with solution.csv deleted, submit runs
     and writes the very same file."""

@@ -275,6 +275,7 @@ def syn_2026(tmp_path_factory):
                             images_per_identity=(4, 6), image_size=96)
 
 
+@pytest.mark.slow
 def test_submit_clustering_writes_a_valid_csv_that_beats_singletons(syn_2026, tmp_path, capsys):
     out = tmp_path / "sub.csv"
     # a 2026 folder is clustered by default (no --task)
@@ -299,6 +300,7 @@ def test_submit_clustering_writes_a_valid_csv_that_beats_singletons(syn_2026, tm
     assert main(["score", str(syn_2026 / "solution.csv"), str(out)]) == 0
 
 
+@pytest.mark.slow
 def test_validate_clustering_report(tiny_2026, tmp_path, capsys):
     rep = tmp_path / "rep"
     assert main(["validate", str(tiny_2026), "--task", "clustering", "--report", str(rep), *FAST,

@@ -170,6 +170,7 @@ def _unwritable_cases(tmp_path: Path, comp: Path) -> dict[str, tuple[list, str]]
 CASES = list(_unwritable_cases(Path("/t"), Path("/c")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_unwritable_output_is_refused_before_any_work(case, comp_copy, tmp_path):
     (tmp_path / "afile").write_text("a file, not a folder\n")
@@ -265,6 +266,7 @@ def test_resume_refuses_another_model_and_continues_a_longer_schedule(comp_copy,
 # ----------------------------------------------- 6: datasets that cannot be calibrated or validated are said
 
 
+@pytest.mark.slow
 def test_degenerate_datasets_are_warned_about_and_keep_their_rows(comp_copy, tmp_path):
     """SynTurtle's database keeps one identity (no identity to hold out: tau falls back); SynSalamander loses its
     whole database (every query new_individual, and nothing to validate). Both are said, once each; validate keeps
@@ -362,6 +364,7 @@ SCORE_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(SCORE_CASES))
 def test_score_accepts_and_rejects_as_kaggle(case, tmp_path):
     rows, expected = SCORE_CASES[case]

@@ -130,6 +130,7 @@ def test_record_name():
     assert record_name(None, float("nan"), when) == "20250304-050607-defaults-nan.csv"
 
 
+@pytest.mark.slow
 def test_make_submit_writes_csv_and_sidecar(comp_copy, tmp_path):
     """`make submit` on a synthetic competition whose solution.csv is gone: the local score comes from data."""
     from kit.cache import file_hash
@@ -175,6 +176,7 @@ def test_make_submit_writes_csv_and_sidecar(comp_copy, tmp_path):
     assert side["predictions"] == {"rows": len(sample), "new_individual": n_new}
 
 
+@pytest.mark.slow
 def test_make_submit_on_a_2026_folder_writes_csv_and_sidecar(tiny_2026, tmp_path):
     """The 2026 task goes through the same orchestration: clusters, then the sidecar with the mean-ARI local score,
     which `make upload` reads for its message."""
@@ -200,6 +202,7 @@ def test_make_submit_on_a_2026_folder_writes_csv_and_sidecar(tiny_2026, tmp_path
     assert f"local {side['local_score']['value']:.4f} (ARI)" in upload_message(side)
 
 
+@pytest.mark.slow
 def test_weight_hashes_name_the_rerank_files():
     import cv2
 
@@ -223,6 +226,7 @@ def test_weight_hashes_name_the_rerank_files():
 # ----------------------------------------------------------------------------------------------- offline Kaggle
 
 
+@pytest.mark.slow
 def test_make_kaggle_dataset_offline(tmp_path):
     out = tmp_path / "kit-offline"
     res = _make("kaggle-dataset", f"KAGGLE_DATASET={out}", "NO_DOWNLOAD=1")

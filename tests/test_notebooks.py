@@ -207,6 +207,7 @@ def _execute(name: str, tmp_path: Path, data: Path, kernel, **extra):
     return out, "\n".join(shown), book
 
 
+@pytest.mark.slow
 def test_submit_notebook_end_to_end(tiny_2025, tmp_path, kernel):
     out, shown, book = _execute("animalclef25-submit.ipynb", tmp_path, tiny_2025, kernel)
     sub = read_csv_str(out / "submission.csv")
@@ -228,6 +229,7 @@ def test_submit_notebook_end_to_end(tiny_2025, tmp_path, kernel):
     assert shown_html[0].count("<tr><td>") == 10 and "data:image/jpeg;base64," in shown_html[0]
 
 
+@pytest.mark.slow
 def test_validate_notebook_end_to_end(tiny_2025, tmp_path, kernel):
     out, shown, _ = _execute("validate.ipynb", tmp_path, tiny_2025, kernel)
     metrics = json.loads((out / "validation" / "metrics.json").read_text())
@@ -237,6 +239,7 @@ def test_validate_notebook_end_to_end(tiny_2025, tmp_path, kernel):
     assert "SynTurtle" in shown
 
 
+@pytest.mark.slow
 def test_train_notebook_end_to_end(tiny_2025, tmp_path, kernel):
     out, shown, _ = _execute("train.ipynb", tmp_path, tiny_2025, kernel,
                              TRAIN_SETTINGS=TINY_TRAIN)

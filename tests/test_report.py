@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from kit import openset
@@ -70,6 +71,7 @@ def test_write_report_files_and_fixed_metrics_shape(tmp_path):
     assert not list(rep.glob(".*tmp*"))  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_validate_report_through_the_cli(tiny_2025, tmp_path):
     from kit.cli import main
 
@@ -85,3 +87,6 @@ def test_validate_report_through_the_cli(tiny_2025, tmp_path):
     for ds, pipes in extra.items():
         e = pipes["global"]
         assert e["candidate"] in openset.CANDIDATES and e["tau"] is not None
+        # the pair model that made P(same individual) is on record: its method and each method's CV MRR
+        pm = e["pair_model"]
+        assert pm["method"] in ("logistic", "lightgbm", "mean", "constant") and isinstance(pm["cv_mrr"], dict)

@@ -173,6 +173,7 @@ def test_cached_frozen_layers_train_only_the_rest(tiny_2025, tmp_path):
 # --------------------------------------------------------------------------------- CLI: train, resume, use
 
 
+@pytest.mark.slow
 def test_train_resume_then_submit(tiny_2025, tmp_path, monkeypatch, capsys):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     args = ["--set", "train.epochs=2", *TINY]
@@ -283,6 +284,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
             torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gradients_match_one_process(tmp_path):
     """2 gloo processes, half the batch each: the averaged gradients equal one process's on the whole batch
     (no BatchNorm), and with BatchNorm (per-process statistics) one process accumulating the same halves."""

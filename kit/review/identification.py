@@ -141,7 +141,7 @@ def identification_page(dataset: str, queries: pd.DataFrame, db: pd.DataFrame, e
                 cand["matches"] = m
             cands.append(cand)
         row = {"image_id": q_ids[r], "photo": photos(q_paths[r]),
-               "decision": decision[r], "score": None if score[r] != score[r] else round(float(score[r]), 4),
+               "decision": decision[r], "score": None if score[r] != score[r] else round(float(score[r]), 6),
                "uncertainty": round(float(uncertainty[r]), 4), "reason": reason[r], "candidates": cands}
         if truth is not None:
             t, new = truth["identity"].iloc[r], bool(truth["new_identity"].iloc[r])

@@ -106,13 +106,16 @@
     if (D.tau === null || q.score === null) { return '<span class="tau">no open-set score</span>'; }
     var lo = D.score_range[0], hi = D.score_range[1], W = 160;
     var x = function (v) { return hi > lo ? Math.max(0, Math.min(W, (v - lo) / (hi - lo) * W)) : W / 2; };
-    var known = q.score >= D.tau;
+    // the kit's own decision says which side: the score is rounded for the page, tau is not
+    var known = q.decision !== NEW;
+    var d = 3;
+    while (d < 6 && fmt(q.score, d) === fmt(D.tau, d)) { d += 1; }  // close to tau: enough digits to tell them apart
     return '<span class="tau"><svg width="' + (W + 8) + '" height="14"><line x1="4" y1="7" x2="' + (W + 4) +
       '" y2="7" stroke="#bbb" stroke-width="3"/><line x1="' + (x(D.tau) + 4) + '" y1="1" x2="' + (x(D.tau) + 4) +
       '" y2="13" stroke="#cf222e" stroke-width="2"/><circle cx="' + (x(q.score) + 4) + '" cy="7" r="4" fill="' +
-      (known ? "#1f6feb" : "#9a6700") + '"/></svg>' + esc(D.score_name) + " " + fmt(q.score) +
+      (known ? "#1f6feb" : "#9a6700") + '"/></svg>' + esc(D.score_name) + " " + fmt(q.score, d) +
       (known ? " &ge; " : " &lt; ") +
-      "&tau; " + fmt(D.tau) + (known ? " (known)" : " (new)") + "</span>";
+      "&tau; " + fmt(D.tau, d) + (known ? " (known)" : " (new)") + "</span>";
   }
   function linesSvg(c, qp, cp) {  // c.matches.lines: flat [xa, ya, xb, yb, ...] in thumbnail px
     var m = c.matches, wa = width(qp, PAIR_H), sa = PAIR_H / D.photos[qp][2], sb = PAIR_H / D.photos[cp][2];
