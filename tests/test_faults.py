@@ -300,9 +300,11 @@ def test_degenerate_datasets_are_warned_about_and_keep_their_rows(comp_copy, tmp
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_shards_and_the_rerun_finishes_them(tmp_path):
     comp, env = tmp_path / "c", kit_env(tmp_path)
-    assert run_kit("synth", comp, "--identities", "6", "--size", "64", env=env)[0] == 0
+    # enough photos that embedding outlasts the signal's way in: with 6 identities a fast, quiet machine finished
+    # the whole run between the first shard and the SIGINT
+    assert run_kit("synth", comp, "--identities", "24", "--size", "64", env=env)[0] == 0
     cache, sub = Path(env["KIT_CACHE"]), tmp_path / "sub.csv"
-    args = ["submit", comp, "--out", sub, *FAST, "--set", "embed.batch_size=8"]
+    args = ["submit", comp, "--out", sub, *FAST, "--set", "embed.batch_size=4"]
     proc = subprocess.Popen([sys.executable, "-m", "kit", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
@@ -330,7 +332,7 @@ def test_ctrl_c_keeps_finished_shards_and_the_rerun_finishes_them(tmp_path):
     assert not old & set(new) and len(old) + len(new) == n_images  # only the missing rows were embedded
 
     fresh = tmp_path / "fresh.csv"
-    code, _, err = run_kit("submit", comp, "--out", fresh, *FAST, "--set", "embed.batch_size=8",
+    code, _, err = run_kit("submit", comp, "--out", fresh, *FAST, "--set", "embed.batch_size=4",
                            env=kit_env(tmp_path, KIT_CACHE=str(tmp_path / "cache2")))
     assert code == 0, err
     assert sub.read_bytes() == fresh.read_bytes()  # as an uninterrupted run
