@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -20,6 +21,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+
+def safe_file_name(name: str, fallback: str, keep: str = "_.-") -> str:
+    """``name`` as one file-name part: each run of characters other than ASCII letters, digits and ``keep`` becomes
+    ``_``; ``fallback`` when nothing is left. (A submission name drops ``-``: it separates the name's fields.)"""
+    return re.sub(f"[^A-Za-z0-9{re.escape(keep)}]+", "_", str(name)) or fallback
 
 
 def umask() -> int:

@@ -169,8 +169,16 @@ def fit_pair_model(cols: dict[str, np.ndarray], names: tuple[str, ...], same: np
         methods = [m for m in methods if m != "mean" or mean_cols[1] is not None] or ["logistic"]
     fold = _folds(group, folds, seed)
 
+    done: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # selection already scored the logistic's final columns
+
     def cv_of(m: str, use: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """(per-query reciprocal ranks, out-of-fold P) of method ``m`` on columns ``use``."""
+        """(per-query reciprocal ranks, out-of-fold P) of method ``m`` on columns ``use``; deterministic, so each
+        (method, columns) is fitted once."""
+        if (m, tuple(use)) not in done:
+            done[m, tuple(use)] = _cv(m, tuple(use))
+        return done[m, tuple(use)]
+
+    def _cv(m: str, use: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         idx = [names.index(n) for n in use]
         oof = np.zeros(len(same), np.float32)
         for f in np.unique(fold):

@@ -15,21 +15,16 @@ the validation queries) and to report.md, which embeds the plots:
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import openset
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, safe_file_name, write_json, write_text
 
 METRICS = ("R-1", "R-5", "R-20", "mAP", "BAKS", "BAUS", "score")
 PIPE_COLOURS = {"global": "#4C72B0", "reranked": "#DD8452", "fused": "#55A868"}
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
 
 
 def _num(x) -> float | None:
@@ -90,25 +85,11 @@ def openset_analysis(details: dict, solution: pd.DataFrame) -> dict:
                                   "true": _num(unknown.mean()) if len(unknown) else None},
                 "query_fraction": _num(det.get("query_fraction")),
                 "candidates": cands, "note": det.get("note"),
-                "pair_model": _jsonable(det.get("pair_model")),  # method, weights or gain, CV MRR per method
+                "pair_model": det.get("pair_model"),  # method, weights or gain, CV MRR per method (write_json: strict)
                 "_plot": {"score": s, "unknown": unknown, "correct": correct, "curve": (taus, bk, bu),
                           "cal_curve": cal.get("curve")},
             }
     return out
-
-
-def _jsonable(value):
-    """Dicts, lists and numbers as plain JSON values (NaN → None), for the report's JSON."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, str)) or value is None:
-        return value
-    try:
-        return _num(float(value))
-    except (TypeError, ValueError):
-        return str(value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -307,7 +288,7 @@ def write_report(out: str | Path, result: dict, info: dict, header: dict | None 
     written["metrics.png"] = plot_metrics(result, out / "metrics.png")
     plots = {}
     for ds, entries in analysis.items():
-        tau_png, hist_png = f"tau_{_safe(ds)}.png", f"hist_{_safe(ds)}.png"
+        tau_png, hist_png = (f"{kind}_{safe_file_name(ds, 'dataset')}.png" for kind in ("tau", "hist"))
         written[tau_png] = plot_tau(ds, entries, out / tau_png)
         written[hist_png] = plot_hist(ds, entries, out / hist_png)
         plots[ds] = (tau_png, hist_png)

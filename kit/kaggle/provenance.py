@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..io import safe_file_name
 from ..schema import CLUSTERING, NEW_INDIVIDUAL
 from .base import REPO_ROOT
 
@@ -101,7 +101,7 @@ def local_validation(meta, conf: dict, task: str = "auto", plan=None) -> dict:
 def config_name(config_path: str | Path | None) -> str:
     """The config's file stem, made safe for a file name ("defaults" when no file was given)."""
     stem = Path(config_path).stem if config_path else "defaults"
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", stem) or "config"
+    return safe_file_name(stem, "config", keep="_.")
 
 
 def record_name(config_path: str | Path | None, score: float | None, when: dt.datetime | None = None) -> str:

@@ -115,8 +115,9 @@ def plan_matching(meta: pd.DataFrame, conf: dict, verbose: bool = True) -> Plan:
     rc = rerank_conf(rc)
     names = extractor_names(rc, resolve(rc["device"]).type == "cuda")
     cache_dir = cache_root(conf["cache"])
-    scorers = [make_scorer(n, rc) for n in names]
-    rates = {s.name: probe(s, cache_dir) for s in scorers}
+    probed = [make_scorer(n, rc) for n in names]
+    rates = {s.name: probe(s, cache_dir) for s in probed}
+    scorers = list(probed)  # the ladder drops from this list; the over-budget fallback picks from all probed
     lab = labelled_mask(meta)
     sizes = [(int((lab & (meta["dataset"] == d)).sum()), int((~lab & (meta["dataset"] == d)).sum()))
              for d in sorted(meta["dataset"].unique())]
@@ -144,7 +145,7 @@ def plan_matching(meta: pd.DataFrame, conf: dict, verbose: bool = True) -> Plan:
         scorers = [s for s in scorers if s is not slowest]
     k = min(ladder[-1], largest)
     if rc["enabled"] is True:  # asked for: run the cheapest plan anyway, and say it is over budget
-        scorers = [min((make_scorer(n, rc) for n in names), key=lambda s: -rates[s.name]["pairs_per_s"])]
+        scorers = [max(probed, key=lambda s: rates[s.name]["pairs_per_s"])]
         pairs = _pairs_for(sizes, k)
         why = (f"local matching: {scorers[0].name} on {pairs:,} pairs (shortlist {k}) is over rerank.budget_s="
                f"{budget:.0f} but rerank.enabled=true asks for it")
@@ -163,7 +164,7 @@ def _as_k(topk, meta: pd.DataFrame) -> int:
 
 
 def score_candidates(plan: Plan, cand: Candidates, paths_q: list[str], paths_db: list[str], labels_db: np.ndarray,
-                     conf: dict, skip: np.ndarray | None = None, memo: dict | None = None) -> None:
+                     conf: dict, skip: np.ndarray | None = None) -> None:
     """Fill ``cand`` with every planned matcher's columns (``add_local``; ``labels_db [N]`` the database identities,
     for the identity-weighted score); ``skip [R, K] bool`` pairs stay unmatched (opposite flanks with
     rerank.skip_opposite_flanks)."""
@@ -174,8 +175,7 @@ def score_candidates(plan: Plan, cand: Candidates, paths_q: list[str], paths_db:
     pairs = np.stack([rows, cand.index[done]], 1)
     cache_dir = cache_root(conf["cache"])
     for scorer in plan.scorers:
-        scores = score_pairs(scorer, paths_q, paths_db, pairs, cache_dir,
-                             memo=None if cache_dir else (memo if memo is not None else {}).setdefault(scorer.name, {}))
+        scores = score_pairs(scorer, paths_q, paths_db, pairs, cache_dir)
         add_local(cand, scorer.name, scores, done, labels_db)
 
 

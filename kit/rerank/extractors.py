@@ -136,9 +136,6 @@ class LocalExtractor:
                                               self.conf["allow_download"])
         self._extractor: nn.Module | None = None
         self._extractor_hash: str | None = None
-        # {image key: one row of FeatureDict}: set to {} to keep features in memory when the disk cache is off, so
-        # that one run (queries, then calibration pairs) extracts each gallery photo once
-        self.memo: dict[str, dict[str, np.ndarray]] | None = None
 
     def cache_spec(self) -> dict:
         """Everything that changes the cached arrays; its hash names the cache folder."""
@@ -212,9 +209,9 @@ class LocalExtractor:
                 boxes: np.ndarray | None = None) -> FeatureDict:
         """Local features of ``paths`` (in order), computing only what the cache lacks.
 
-        ``cache_dir``: the cache root (``kit.cache.cache_root``); None = no disk cache (then ``memo``, when set,
-        keeps them in memory). ``boxes``: optional ``[N, 4] float32`` crop ``(x0, y0, x1, y1)`` in original pixels,
-        a NaN row = whole photo; a box is part of that image's cache key. Returns FeatureDict with N = len(paths).
+        ``cache_dir``: the cache root (``kit.cache.cache_root``); None = no disk cache. ``boxes``: optional
+        ``[N, 4] float32`` crop ``(x0, y0, x1, y1)`` in original pixels, a NaN row = whole photo; a box is part of
+        that image's cache key. Returns FeatureDict with N = len(paths).
         """
         paths = [str(p) for p in paths]
         if not paths:
@@ -232,12 +229,5 @@ class LocalExtractor:
         def compute(idx: np.ndarray) -> FeatureDict:
             return self._extract_paths([paths[i] for i in idx], None if boxes is None else boxes[idx])
 
-        if folder is not None or self.memo is None:
-            return cached_compute(folder, keys, compute)
-        todo = np.array(sorted({i for i, k in enumerate(keys) if k not in self.memo}), np.int64)
-        if len(todo):
-            new = compute(todo)
-            for j, i in enumerate(todo):
-                self.memo[keys[i]] = {n: v[j] for n, v in new.items()}
-        return {n: np.stack([self.memo[k][n] for k in keys]) for n in self.memo[keys[0]]}
+        return cached_compute(folder, keys, compute)
 

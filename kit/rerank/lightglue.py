@@ -20,7 +20,7 @@ from .weights import _load_checked, _torch_load, resolve_weights
 class LocalMatcher(LocalExtractor):
     """A local-feature extractor with its LightGlue matcher, built from the ``rerank`` config section.
 
-    Extraction (``extract``, ``extract_image``, ``cache_spec``, ``memo``) is LocalExtractor's; this class adds the
+    Extraction (``extract``, ``extract_image``, ``cache_spec``) is LocalExtractor's; this class adds the
     matcher. The extractor's weights resolve when the object is built (the file's hash keys the feature cache),
     LightGlue's on the first match; the networks load on first use, so a run whose features are all cached never
     loads the extractor.

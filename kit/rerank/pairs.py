@@ -119,9 +119,13 @@ def score_pairs(scorer, paths_a: Sequence[str], paths_b: Sequence[str], pairs: n
     bar = tqdm(total=len(first), desc=progress or f"{scorer.name} matching", unit="pair", unit_scale=True,
                disable=len(first) <= 256, leave=False)  # shows pairs/s
     # every photo a new pair needs, extracted (or read from the feature cache) once, not once per chunk
-    ua, ub = np.unique(pairs[first, 0]), np.unique(pairs[first, 1])
-    fa = scorer.extract([paths_a[i] for i in ua], cache_dir) if len(first) else {}
-    fb = scorer.extract([paths_b[j] for j in ub], cache_dir) if len(first) else {}
+    if paths_a is paths_b:  # database x database: each photo read (or extracted) once, not once per side
+        ua = ub = np.union1d(pairs[first, 0], pairs[first, 1])
+        fa = fb = scorer.extract([paths_a[i] for i in ua], cache_dir) if len(first) else {}
+    else:
+        ua, ub = np.unique(pairs[first, 0]), np.unique(pairs[first, 1])
+        fa = scorer.extract([paths_a[i] for i in ua], cache_dir) if len(first) else {}
+        fb = scorer.extract([paths_b[j] for j in ub], cache_dir) if len(first) else {}
     for s in range(0, len(first), step):
         chunk = pairs[first[s:s + step]]
         res = scorer.score(fa, fb, np.stack([np.searchsorted(ua, chunk[:, 0]), np.searchsorted(ub, chunk[:, 1])], 1))

@@ -12,7 +12,7 @@ import html
 import json
 from pathlib import Path
 
-PREFIX = "window.KIT_REVIEW_DATA = "
+from .site import DATA_PREFIX
 
 
 def read_pages(folder: str | Path) -> list[dict]:
@@ -20,8 +20,8 @@ def read_pages(folder: str | Path) -> list[dict]:
     pages = []
     for path in sorted(Path(folder).glob("data_*.js")):
         text = path.read_text(encoding="utf-8").strip()
-        if text.startswith(PREFIX):
-            pages.append(json.loads(text[len(PREFIX):].rstrip(";")))
+        if text.startswith(DATA_PREFIX):
+            pages.append(json.loads(text[len(DATA_PREFIX):].rstrip(";")))
     return pages
 
 

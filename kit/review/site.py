@@ -18,17 +18,17 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-import re
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from ..io import jsonable, write_text
+from ..io import jsonable, safe_file_name, write_text
 from .thumbs import make_thumbnails
 
 STATIC = ("review.js", "review.css")  # copied into every site as they are
 DATA_VERSION = 1  # the shape of window.KIT_REVIEW_DATA (review.js reads it)
+DATA_PREFIX = "window.KIT_REVIEW_DATA = "  # a data file is this, the JSON, then ";" (kit/review/notebook.py reads it)
 
 
 def static_text(name: str) -> str:
@@ -38,7 +38,7 @@ def static_text(name: str) -> str:
 
 def safe_name(dataset: str) -> str:
     """A dataset name made safe for a file name (letters, digits, ``_.-``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(dataset)) or "dataset"
+    return safe_file_name(dataset, "dataset")
 
 
 def _scale_lines(cand: dict, qa: tuple, qb: tuple) -> None:
@@ -78,7 +78,7 @@ def write_site(out: str | Path, pages: list[dict], *, competition: str, layout: 
                 "answers": answers, "created": created, "index": "index.html",
                 "pages": [{"dataset": p["dataset"], "href": f"page_{safe_name(p['dataset'])}.html"} for p in pages]}
         text = json.dumps(jsonable(data), separators=(",", ":"), allow_nan=False)
-        write_text(f"window.KIT_REVIEW_DATA = {text};\n", out / f"data_{name}.js")
+        write_text(f"{DATA_PREFIX}{text};\n", out / f"data_{name}.js")
         title = f"{page['dataset']}: review ({'validation answers' if answers else page['task']})"
         write_text(static_text("page.html").replace("__TITLE__", html.escape(title))
                    .replace("__DATA__", f"data_{name}.js"), out / f"page_{name}.html")

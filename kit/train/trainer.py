@@ -28,7 +28,7 @@ from .distributed import Dist, init_distributed
 from .heldout import METRICS, heldout_metrics, plot_history
 from .model import (STATE_FILE, Features, Net, accumulate_gradients, backbone_chain, cache_start, freeze_groups,
                     param_groups, save_checkpoint, save_state, set_train_mode)
-from .resume import check_resume
+from .resume import CONFIG_FILE, check_resume
 
 
 class Trainer:
@@ -302,7 +302,7 @@ class Trainer:
         """Train the remaining epochs; returns {"best_epoch", "best": metrics, "history", "out"}."""
         tc, main = self.tc, self.dist.main
         if main:
-            write_text(dump_config(self.run_config), self.out / "train_config.yaml")
+            write_text(dump_config(self.run_config), self.out / CONFIG_FILE)
             tqdm.write(f"training {self.model_name} at {self.size} px on {len(self.train_df)} photos of "
                        f"{len(self.classes)} identities; validating on "
                        f"{0 if self.val_df is None else len(self.val_df)} "
