@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kit import cluster  # noqa: E402
 from kit.config import load_config  # noqa: E402
 from kit.data import labelled_mask, read_competition, read_csv_str  # noqa: E402
-from kit.pipeline import embed_frame  # noqa: E402
+from kit.cluster.features import DIRECT_FEATURES, NEIGHBOUR_FEATURES  # noqa: E402
+from kit.pipeline import combine, embed_frame, task_of  # noqa: E402
 from kit.splits import hide_answers, open_set_split  # noqa: E402
 
 VARIANTS = {  # name: config overrides on top of the command line's
@@ -49,7 +50,7 @@ VARIANTS = {  # name: config overrides on top of the command line's
 
 def _task(meta: pd.DataFrame, conf: dict):
     """(train frame, train emb, test frame, test emb, test truth, where the truth came from)."""
-    emb = embed_frame(meta, conf)
+    emb = combine(embed_frame(meta, conf))  # [N, D]: the descriptors as the clustering combines them
     lab = labelled_mask(meta)
     sol_path = Path(meta.attrs["root"]) / "solution.csv"
     if sol_path.is_file():
@@ -136,7 +137,7 @@ def timing(sizes: list[int], seed: int = 0) -> dict:
         # end to end from embeddings: pair features (cosine, flanks, csls, rank) -> P(same) -> average linkage
         emb = rng.normal(size=(n, 64)).astype(np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        names = cluster.DIRECT_FEATURES + cluster.NEIGHBOUR_FEATURES
+        names = DIRECT_FEATURES + NEIGHBOUR_FEATURES
         pm = cluster.PairModel(names, np.zeros(len(names), np.float32), np.ones(len(names), np.float32),
                                np.array([4.0, 0, 0, 2.0, -1.0]), -3.0)
         model = cluster.ClusterModel(pm, "average", 0.5, None, None, neighbours=5)
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     conf = load_config(args.config, args.set)
     meta = read_competition(args.data, check_images=False)
-    cluster.check_layout(meta, "clustering", args.data)
+    task_of(meta, "clustering")  # a 2025 folder stops here, saying which layout it needs
     result = {"data": str(Path(args.data).resolve()), "overrides": args.set, "quality": quality(meta, conf)}
     for ds, rows in result["quality"].items():
         print(f"\n{ds}: {rows['n_images']} test photos, {rows['n_identities']} individuals")

@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kit import metrics, openset  # noqa: E402
+from kit import metrics, openset, retrieve  # noqa: E402
 from kit.config import load_config  # noqa: E402
 from kit.data import labelled_mask, read_competition, read_csv_str  # noqa: E402
 from kit import pipeline  # noqa: E402
-from kit.pipeline import embed_frame, match, submit  # noqa: E402
+from kit.pipeline import combine, embed_frame, submit  # noqa: E402
 from kit.report import openset_analysis  # noqa: E402
 from kit.splits import open_set_split  # noqa: E402
 
@@ -66,12 +66,16 @@ def naive(meta: pd.DataFrame, emb: np.ndarray, solution: pd.DataFrame, conf: dic
     db, q = meta[lab].reset_index(drop=True), meta[~lab].reset_index(drop=True)
     emb_db, emb_q = emb[lab], emb[~lab]
     sol = solution.set_index("image_id").loc[q["image_id"]]
-    gconf = {**conf, "rerank": {**conf["rerank"], "enabled": False}}
+    rc = conf["retrieve"]
     out = {}
     for name, qpart in q.groupby("dataset", sort=True):
         dmask = (db["dataset"] == name).to_numpy()
         rows = q.index.get_indexer(qpart.index)
-        ev = match(db[dmask].reset_index(drop=True), qpart, emb_db[dmask], emb_q[rows], gconf)["global"]
+        identities, id_scores = retrieve.identity_scores(emb_q[rows] @ emb_db[dmask].T,
+                                                         db.loc[dmask, "identity"].to_numpy(object),
+                                                         rc["aggregate"], rc["topm"])
+        top = id_scores.argmax(axis=1)
+        ev = {"top_identity": identities[top], "score": id_scores[np.arange(len(top)), top]}
         truth = sol["identity"].to_numpy(object)[rows]
         unknown = sol["new_identity"].to_numpy(bool)[rows]
         correct = (ev["top_identity"] == truth) & ~unknown
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     qmask = ~labelled_mask(meta)
     truth[qmask] = solution0.set_index("image_id").loc[meta.loc[qmask, "image_id"], "identity"].to_numpy()
     t0 = time.perf_counter()
-    emb = embed_frame(meta, conf)  # every image, once (cached)
+    emb = combine(embed_frame(meta, conf))  # every image, once (cached); [N, D]
     t_embed = time.perf_counter() - t0
 
     splits = []
