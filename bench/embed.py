@@ -108,9 +108,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=256, help="images per extraction measurement")
     ap.add_argument("--full", action="store_true", help="GPU sizes: at least 4,096 images per measurement")
     ap.add_argument("--out", default=str(Path(__file__).with_name("embed.json")))
+    ap.add_argument("--model", default="tf_efficientnet_lite0",
+                    help="one descriptor (embed.model): the default `auto` may name several")
     args = ap.parse_args()
 
-    conf = load_config()
+    conf = load_config(None, [f"embed.model={args.model}"])
     if args.full:  # a GPU: enough images for the loader and the model to reach their steady rate
         args.limit = max(args.limit, 4096)
     results: dict = {"machine": machine(), "model": conf["embed"]["model"], "extraction": [], "retrieval": []}
