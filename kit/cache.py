@@ -9,6 +9,14 @@ header metadata), its header states every tensor's byte length so truncation is 
 never unpickles, and it needs no pyarrow. Each shard is written to a temporary file and renamed, so a shard
 is either whole or absent: an interrupted run keeps every finished shard and resumes from there.
 
+Each shard's header also holds a CRC-32 of its keys and values: a shard whose values were overwritten in place
+(a bad disk, a stray write) still parses and still holds finite numbers, so only the checksum tells; such a shard is
+deleted with a warning and its entries are recomputed. Shards from before the checksum are read as they are.
+
+A shard that cannot be written (a disk that fills up during the run, one gone read-only) costs only its caching:
+one warning per cache root and process, then the run goes on with the arrays in memory and writes no more shards
+there. The cache is an optimisation; it must never be what stops a run.
+
 Several processes may share one cache (two ``kit embed`` runs at once): shard names are unique, a shard that
 vanishes between listing and reading (another process merged it) is skipped, and a merge writes its merged
 shard before it deletes the shards it read, and only those. A key held twice holds the same arrays.
@@ -19,9 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import threading
 import time
 import uuid
 import warnings
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,11 +41,13 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from .errors import KitWarning
-from .io import atomic_path, write_problem
+from .io import atomic_path, free_space, write_problem
 
 MAX_SHARDS = 64  # more shards than this are merged into one on the next load, keeping opens cheap
 FLUSH_SECONDS = 30.0  # cached_compute saves a shard after about this much work (the embed stage's setting)
 _UNUSABLE: dict[Path, str | None] = {}  # cache roots checked in this process: why each cannot be written, or None
+_WRITES_FAILED: dict[Path, str] = {}  # cache roots a write failed in during this process (a full disk): why
+_WRITES_LOCK = threading.Lock()  # thumbnails are cached from several threads: one warning, not one per thread
 
 
 def cache_root(conf: dict) -> Path | None:
@@ -80,32 +93,79 @@ def image_key(path: str | Path) -> str:
     return hashlib.sha1(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
 
 
+def checksum(keys: Sequence[str], arrays: dict[str, np.ndarray]) -> str:
+    """CRC-32 (8 hex digits) of a shard's keys and its arrays' names, dtypes, shapes and bytes, in name order."""
+    crc = zlib.crc32(json.dumps(list(keys)).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        crc = zlib.crc32(f"{name}|{a.dtype.str}|{a.shape}".encode(), crc)
+        crc = zlib.crc32(a.reshape(-1).view(np.uint8), crc)
+    return f"{crc:08x}"
+
+
 def _read_shard(path: Path) -> tuple[list[str], dict[str, np.ndarray]] | None:
     """Keys and arrays of one shard, or None: silently when it vanished since it was listed (another process
-    merged it), with a warning (and deleting it) when it is corrupt or truncated."""
+    merged it), with a warning (and deleting it) when it is corrupt, truncated or fails its checksum."""
     try:
         arrays = load_file(str(path))
         with open(path, "rb") as fh:  # header metadata holds the keys; load_file does not return it
             n = int.from_bytes(fh.read(8), "little")
-            keys = json.loads(json.loads(fh.read(n))["__metadata__"]["keys"])
+            meta = json.loads(fh.read(n))["__metadata__"]
+        keys = json.loads(meta["keys"])
         if not arrays or any(len(a) != len(keys) for a in arrays.values()):
             raise ValueError("row count does not match its keys")
+        if "crc32" in meta and checksum(keys, arrays) != meta["crc32"]:
+            raise ValueError("its values do not match the checksum in its header: they were overwritten")
         if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in arrays.values()):
             raise ValueError("non-finite values")
         return keys, arrays
     except FileNotFoundError:
         return None
     except Exception as exc:  # any decode failure means the file cannot be trusted
-        warnings.warn(f"cache shard {path} is corrupt ({exc}); deleting it, its entries will be recomputed")
+        warnings.warn(f"cache shard {path} is corrupt ({exc}); deleting it, its entries will be recomputed",
+                      KitWarning, stacklevel=2)
         path.unlink(missing_ok=True)
         return None
 
 
-def write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray]) -> Path:
+def _root_of(folder: Path) -> Path:
+    """The cache root above a stage's folder: ``<root>/<stage>/<spec>``."""
+    return Path(folder).parent.parent
+
+
+def can_write(folder: Path) -> bool:
+    """False once a write under ``folder``'s cache root has failed in this process (write_failed)."""
+    return _root_of(folder) not in _WRITES_FAILED
+
+
+def write_failed(folder: Path, exc: BaseException) -> None:
+    """Note that writing into the cache folder ``folder`` failed: warn once per cache root and process; can_write is
+    False from now on, so the run goes on without caching instead of failing, or warning, at every write."""
+    root, why = _root_of(folder), getattr(exc, "strerror", None) or str(exc)
+    if code := re.search(r"\(os error (\d+)\)", why):  # safetensors' wording of an OSError: the plain one instead
+        why = os.strerror(int(code[1]))
+    with _WRITES_LOCK:
+        if root in _WRITES_FAILED:
+            return
+        _WRITES_FAILED[root] = why
+    warnings.warn(f"cannot write to the cache folder {root} ({why}; {free_space(root)}). Going on without caching: "
+                  "what is computed from now on is not kept for the next run. Free some space there, set $KIT_CACHE "
+                  "to a folder on another disk, or --set cache.enabled=false.", KitWarning, stacklevel=3)
+
+
+def write_shard(folder: Path, keys: Sequence[str], arrays: dict[str, np.ndarray]) -> Path | None:
+    """Save ``arrays`` (each ``[len(keys), ...]``) as one new shard in ``folder``, atomically; returns its path, or
+    None when the write failed (write_failed has warned, and later writes under the same root are skipped)."""
+    if not can_write(folder):
+        return None
     final = folder / f"shard-{uuid.uuid4().hex}.safetensors"
-    with atomic_path(final) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
-                  metadata={"keys": json.dumps(list(keys))})
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    try:
+        with atomic_path(final) as tmp:
+            save_file(arrays, tmp, metadata={"keys": json.dumps(list(keys)), "crc32": checksum(keys, arrays)})
+    except Exception as exc:  # "any reason": safetensors reports a full disk as SafetensorError, not OSError
+        write_failed(folder, exc)
+        return None
     return final
 
 
@@ -129,9 +189,9 @@ def load_shards(folder: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
         row_of.setdefault(k, i)
     if len(parts) > MAX_SHARDS:
         rows = np.fromiter(row_of.values(), np.int64, len(row_of))
-        write_shard(folder, list(row_of), {n: a[rows] for n, a in arrays.items()})
-        for p, _ in parts:
-            p.unlink(missing_ok=True)
+        if write_shard(folder, list(row_of), {n: a[rows] for n, a in arrays.items()}) is not None:
+            for p, _ in parts:  # only once the merged shard is safely written
+                p.unlink(missing_ok=True)
     return row_of, arrays
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import KitError, KitWarning, OutputError
+from .outputs import deliver
 from .schema import CLUSTERING, NEW_INDIVIDUAL
 
 if TYPE_CHECKING:
@@ -134,15 +138,17 @@ def cmd_submit(args) -> int:
             print(f"links applied: {record['links']['must']} must-links and {record['links']['cannot']} cannot-links, "
                   "honoured by the clustering")
     if args.provenance:  # <timestamp>-<config>-<local score>.csv + sidecar JSON (kit/kaggle)
-        from .kaggle import record_submission
+        from .kaggle import local_validation, record_submission
 
-        args.out, out, sidecar = record_submission(meta, conf, args.config, args.provenance, pred, details, task,
-                                                   plan, decisions=record)
+        local = local_validation(meta, conf, task, plan)  # once, even when the record must go elsewhere (deliver)
+        args.out, out, sidecar = deliver(
+            lambda d: record_submission(meta, conf, args.config, d, pred, details, task, plan, decisions=record,
+                                        local=local), args.provenance, "--provenance", conf)
         local = sidecar["local_score"]
         print(f"local score {local['value']} (kit validate, {local['pipeline']}); "
               f"provenance in {Path(args.out).with_suffix('.json')}")
     else:
-        out = write_submission(pred, meta, args.out)
+        out = deliver(lambda p: write_submission(pred, meta, p), args.out, "--out", conf)
     if task == CLUSTERING:
         for name, det in sorted(details.items()):
             note = f"  [{det['note']}]" if det.get("note") else ""
@@ -200,7 +206,7 @@ def cmd_validate(args) -> int:
     if task == CLUSTERING:
         _print_cluster_table(result)
         if args.report:
-            written = report.write_cluster_report(args.report, result)
+            written = deliver(lambda d: report.write_cluster_report(d, result), args.report, "--report", conf)
             print(f"wrote {' and '.join(str(p) for p in written.values())}")
         return 0
     _print_identification_table(result)
@@ -211,7 +217,7 @@ def cmd_validate(args) -> int:
                   "validation split": f"validate.n_unknown={vc['n_unknown']}, query_fraction={vc['query_fraction']}, "
                                       f"seed={vc['seed']}",
                   "run time": f"{time.perf_counter() - t0:.1f} s (validation, before the report)"}
-        written = report.write_report(args.report, result, info, header)
+        written = deliver(lambda d: report.write_report(d, result, info, header), args.report, "--report", conf)
         print(f"wrote {Path(args.report) / 'report.md'} ({len(written)} files: metrics.json, openset.json, plots)")
     return 0
 
@@ -358,6 +364,21 @@ def _kept(args) -> str:
     return "no file was left half-written; rerun the same command"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Kaggle's time limit, ``timeout``, the end of a Slurm job) raised as Ctrl-C's KeyboardInterrupt is:
+    the same cleanup runs (atomic writes drop their temporary files, finished shards and epochs stay) and main
+    prints the same line of what was kept."""
+
+
+def _terminate(main_pid: int, signum, frame) -> None:
+    if os.getpid() != main_pid:  # a forked worker (a DataLoader's) inherits the handler: it dies as by default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the first one's cleanup and message short
+    raise Terminated
+
+
 def _show_warning(python_show, message, category, filename, lineno, file=None, line=None):
     """Kit warnings as one line ("warning: ..."); the others as Python (``python_show``) prints them."""
     if issubclass(category, KitWarning):
@@ -370,16 +391,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     python_show = warnings.showwarning
     warnings.showwarning = functools.partial(_show_warning, python_show)
+    on_main = threading.current_thread() is threading.main_thread()  # only there may a signal handler be set
+    previous = signal.signal(signal.SIGTERM, functools.partial(_terminate, os.getpid())) if on_main else None
     try:
         return args.fn(args)
     except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, what was kept, how to go on; 130 as the shell reports SIGINT
-        print(f"interrupted: {_kept(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: one line, what was kept, how to go on
+        term = isinstance(exc, Terminated)
+        print(f"{'terminated (SIGTERM)' if term else 'interrupted'}: {_kept(args)}", file=sys.stderr)
+        return 128 + int(signal.SIGTERM if term else signal.SIGINT)  # 143 or 130, as a shell reports the signal
     finally:
         warnings.showwarning = python_show
+        if on_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

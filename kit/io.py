@@ -98,6 +98,19 @@ def write_problem(path: str | Path, folder: bool = False, keep_folders: bool = F
     return None
 
 
+def free_space(path: str | Path) -> str:
+    """How much room the filesystem holding ``path`` has left ("0.0 MB free in /mnt/out"), read at its nearest
+    existing folder: what a message about a write that failed at the end (a full disk) says."""
+    base = Path(path).expanduser().absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    try:
+        free = shutil.disk_usage(base).free
+    except OSError:
+        return f"free space in {base} unknown"
+    return f"{free / 1e6:.1f} MB free in {base}"
+
+
 def write_text(text: str, path: str | Path) -> Path:
     """Write a text file atomically (``atomic_path``); returns ``path``."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:

@@ -152,3 +152,70 @@ def test_unwritable_cache_root_warns_once_and_is_off(tmp_path, monkeypatch):
     assert len(seen) == 1
     monkeypatch.setenv("KIT_CACHE", str(tmp_path / "fine" / "cache"))
     assert cache.cache_root({"enabled": True}) == tmp_path / "fine" / "cache"
+
+
+def test_overwritten_values_fail_the_checksum_and_are_recomputed(tmp_path):
+    """A shard whose values were overwritten in place still parses and holds finite numbers: only its checksum
+    tells."""
+    keys = ["a", "b", "c"]
+    cache.cached_compute(tmp_path, keys, _compute_rows([]))
+    (shard,) = tmp_path.glob("shard-*.safetensors")
+    data = bytearray(shard.read_bytes())
+    data[-4:] = np.float32(7.0).tobytes()  # the last value, 2.0, becomes 7.0; the header is untouched
+    shard.write_bytes(bytes(data))
+    calls = []
+    with pytest.warns(UserWarning, match="do not match the checksum in its header") as seen:
+        out = cache.cached_compute(tmp_path, keys, _compute_rows(calls))
+    assert len(seen) == 1 and calls == [[0, 1, 2]] and not shard.exists()
+    assert np.array_equal(out["emb"][:, 2], [0, 1, 2])
+
+
+def test_a_shard_without_a_checksum_is_still_read(tmp_path):
+    """Shards written before the checksum existed are read as they are (nothing to check them against)."""
+    from safetensors.numpy import save_file
+
+    save_file({"emb": np.ones((2, 3), np.float32)}, str(tmp_path / "shard-old.safetensors"),
+              metadata={"keys": '["a", "b"]'})
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache.cached_compute(tmp_path, ["a", "b"], _compute_rows(calls))
+    assert calls == []
+
+
+def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A full disk (safetensors says so with its own exception, not an OSError): every row still comes back, one
+    warning names the cache root and the fix, and later writes under that root are not tried again."""
+    from kit.errors import KitWarning
+
+    tries = []
+
+    def disk_full(*args, **kwargs):
+        tries.append(1)
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(cache, "_WRITES_FAILED", {})
+    monkeypatch.setattr(cache, "save_file", disk_full)
+    root = tmp_path / "root"
+    with pytest.warns(KitWarning) as seen:
+        out = cache.cached_compute(root / "embed" / "x", [f"k{i}" for i in range(5)], _compute_rows([]), flush_every=2)
+        more = cache.cached_compute(root / "pairs" / "y", ["z"], _compute_rows([]))
+    assert np.array_equal(out["emb"][:, 0], np.arange(5)) and more["emb"].shape == (1, 3)
+    assert len(seen) == 1 and tries == [1]
+    said = str(seen[0].message)
+    assert f"cannot write to the cache folder {root} (No space left on device; " in said
+    assert "$KIT_CACHE" in said and "cache.enabled=false" in said
+    assert not [p for p in root.rglob("*") if p.is_file()]  # no temporary file left
+
+
+def test_a_merge_that_cannot_be_written_deletes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "MAX_SHARDS", 2)
+    folder = tmp_path / "embed" / "x"
+    for i in range(3):
+        cache.write_shard(folder, [f"k{i}"], {"emb": np.full((1, 3), i, np.float32)})
+    monkeypatch.setattr(cache, "_WRITES_FAILED", {})
+    monkeypatch.setattr(cache, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.warns(UserWarning, match="cannot write to the cache folder"):
+        row_of, _ = cache.load_shards(folder)
+    assert sorted(row_of) == ["k0", "k1", "k2"]
+    assert len(list(folder.glob("shard-*.safetensors"))) == 3  # the shards it could not merge are all still there

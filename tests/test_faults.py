@@ -2,7 +2,8 @@
 
 Each case checks the exit code, the one-line message (it names the file, row or key and the fix), that stderr holds
 no traceback, and that no output file was written or changed. Unwritable outputs are refused before any embedding
-(the cache stays empty). Then Ctrl-C (a real SIGINT) and its resumption, and two processes sharing one cache.
+(the cache stays empty). Then Ctrl-C (a real SIGINT) and SIGTERM and their resumption, two processes sharing one
+cache, a disk that is full (a real filled tmpfs: the cache on it, an output on it) and a shard overwritten in place.
 
 We run as root in CI sandboxes, where a read-only folder does not stop a write: unwritable places are a path under
 a regular file, an existing folder where a file should go, and (where mounting is allowed) a read-only tmpfs.
@@ -10,7 +11,9 @@ a regular file, an existing folder where a file should go, and (where mounting i
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -102,6 +105,28 @@ def read_only_dir(tmp_path):
     finally:
         if mounted:
             subprocess.run(["umount", str(ro)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a 2 MB tmpfs filled to its last page, as a real full disk: an empty file can still be created, but
+    writing data fails with ENOSPC. Skips where mounting is not allowed."""
+    disk = tmp_path / "full"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with open(disk / "filler", "wb", buffering=0) as fh:
+            for block in (1 << 16, 1 << 12, 1):  # smaller and smaller, so not even a page is left
+                try:
+                    while True:
+                        fh.write(b"\0" * block)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+        assert shutil.disk_usage(disk).free == 0
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 # ------------------------------------------------------------------------- 1: kit train without metadata.csv
@@ -298,7 +323,9 @@ def test_degenerate_datasets_are_warned_about_and_keep_their_rows(comp_copy, tmp
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_finished_shards_and_the_rerun_finishes_them(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_keeps_finished_shards_and_the_rerun_finishes_them(sig, tmp_path):
+    """SIGTERM (Kaggle's time limit, `timeout`, Slurm) is said and kept as Ctrl-C is, with its own exit code."""
     comp, env = tmp_path / "c", kit_env(tmp_path)
     assert run_kit("synth", comp, "--identities", "6", "--size", "64", env=env)[0] == 0
     cache, sub = Path(env["KIT_CACHE"]), tmp_path / "sub.csv"
@@ -307,17 +334,18 @@ def test_ctrl_c_keeps_finished_shards_and_the_rerun_finishes_them(tmp_path):
     # (`nohup make test &`), and Python keeps an inherited SIG_IGN, so the child would never see the Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "kit", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not shards(cache):  # the first batch's shard: embedding is under way
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + sig, err  # 130 or 143, as a shell reports them
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines[-1] == (f"interrupted: kept every finished cache shard in {cache}; no output file was written "
+    said = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    assert lines[-1] == (f"{said}: kept every finished cache shard in {cache}; no output file was written "
                          "(outputs come only at the end); rerun the same command to resume (what is cached is not "
                          "computed again)"), err
     assert not sub.exists()
@@ -428,3 +456,122 @@ def test_two_embeds_at_once_share_one_cache(comp_copy, tmp_path):
         assert all(np.array_equal(c, copies[key][0]) for c in copies[key])
     row_of, arrays = kc.load_shards(folder)
     assert set(row_of) == set(copies)
+
+
+@pytest.mark.slow
+def test_sigterm_in_training_keeps_the_last_epoch_and_the_rerun_resumes(comp_copy, tmp_path):
+    import torch
+
+    from kit.io import read_csv_str
+    from kit.train import STATE_FILE
+
+    out, env = tmp_path / "run", kit_env(tmp_path)
+    args = ["train", comp_copy, "--out", out, *TRAIN]
+    proc = subprocess.Popen([sys.executable, "-m", "kit", *map(str, args), "--set", "train.epochs=1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while not (out / "history.csv").is_file():  # an epoch has finished (its state is saved before its history)
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"terminated (SIGTERM): kept the last finished epoch's checkpoint in "
+                                            f"{out / 'last'}; rerun the same command to resume from it"), err
+    done = torch.load(out / "last" / STATE_FILE, map_location="cpu", weights_only=True)["epoch"]
+    assert 1 <= done < 1000
+
+    # the rerun resumes after the kept epoch (one more epoch: the test need not train 1,000)
+    code, text, err = run_kit(*args, "--set", f"train.epochs={done + 1}", env=env)
+    assert code == 0, err
+    assert f"resuming after epoch {done} from {out / 'last'}" in text + err
+    assert list(read_csv_str(out / "history.csv")["epoch"]) == [str(e) for e in range(1, done + 2)]
+
+
+# ------------------------------------------------------------------------------- 9: a full disk, cache or output
+
+
+@pytest.mark.slow
+def test_cache_on_a_full_disk_warns_once_and_the_run_goes_on(full_disk, comp_copy, tmp_path):
+    root, sub = full_disk / "cache", tmp_path / "sub.csv"
+    code, _, err = run_kit("submit", comp_copy, "--out", sub, *FAST, env=kit_env(tmp_path, KIT_CACHE=str(root)))
+    assert code == 0, err
+    assert "Traceback" not in err
+    said = [line for line in err.splitlines() if "cache" in line]
+    assert len(said) == 1, err
+    assert said[0].startswith(f"warning: cannot write to the cache folder {root} (")
+    assert f"(No space left on device; 0.0 MB free in {root})" in said[0], said[0]
+    assert "Going on without caching" in said[0] and "$KIT_CACHE" in said[0], said[0]
+    assert [p for p in root.rglob("*") if not p.is_dir()] == []  # no shard, no temporary file left behind
+    # nothing lost: the submission a run with a working cache writes
+    code, _, err = run_kit("submit", comp_copy, "--out", tmp_path / "ref.csv", *FAST, env=kit_env(tmp_path))
+    assert code == 0, err
+    assert sub.read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["--out", "--report", "--provenance"])
+def test_output_on_a_full_disk_is_kept_elsewhere(option, full_disk, comp_copy, tmp_path):
+    """The disk filled up while the run worked (the check before the work can create an empty file there): the
+    finished results are written to the cache's rescued/ folder, and the one-line error says so."""
+    from kit.io import read_csv_str
+
+    cmd = "validate" if option == "--report" else "submit"
+    target = full_disk / {"--out": "sub.csv", "--report": "rep", "--provenance": "subs"}[option]
+    env = kit_env(tmp_path)
+    code, _, err = run_kit(cmd, comp_copy, option, target, *FAST, env=env)
+    rescued = list((Path(env["KIT_CACHE"]) / "rescued").glob(f"*-{target.name}"))
+    assert len(rescued) == 1, err
+    assert_refused(code, err, f"{option} {target}: could not be written at the end (No space left on device; "
+                              f"0.0 MB free in {full_disk})", f"The finished results are in {rescued[0]} instead",
+                   f"rerun with {option} on another disk")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # no partial file, no empty folder
+    queries = read_csv_str(comp_copy / "sample_submission.csv")["image_id"].tolist()
+    if option == "--out":
+        assert read_csv_str(rescued[0])["image_id"].tolist() == queries
+    elif option == "--provenance":
+        (csv,) = rescued[0].glob("*.csv")
+        assert read_csv_str(csv)["image_id"].tolist() == queries
+        assert json.loads(csv.with_suffix(".json").read_text())["submission"] == csv.name
+    else:
+        names = {p.name for p in rescued[0].iterdir()}
+        assert {"report.md", "metrics.json", "openset.json", "metrics.png"} <= names, names
+
+
+# ---------------------------------------------------------------------- 10: a shard overwritten, its header intact
+
+
+@pytest.mark.slow
+def test_a_shard_with_overwritten_values_is_recomputed_with_a_warning(comp_copy, tmp_path):
+    from safetensors.numpy import load_file
+
+    from kit.cache import load_shards
+
+    env = kit_env(tmp_path)
+    assert run_kit("embed", comp_copy, *FAST, env=env)[0] == 0
+    good = {}
+    for path in shards(Path(env["KIT_CACHE"])):
+        good.update(zip(shard_keys(path), load_file(str(path))["emb"]))
+    victim = shards(Path(env["KIT_CACHE"]))[0]
+    data = bytearray(victim.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    (begin, end), rows = json.loads(data[8:8 + n])["emb"]["data_offsets"], len(shard_keys(victim))
+    size = (end - begin) // rows  # bytes per row
+    first, second = 8 + n + begin, 8 + n + begin + size  # rows 0 and 1 swap places: real, finite values
+    data[first:first + size], data[second:second + size] = data[second:second + size], data[first:first + size]
+    victim.write_bytes(data)
+    assert load_file(str(victim))["emb"].shape == (rows, len(good[shard_keys(victim)[0]]))  # still reads as before
+
+    code, out, err = run_kit("embed", comp_copy, *FAST, env=env)
+    assert code == 0, err
+    assert "Traceback" not in err and "embeddings ready" in out
+    said = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert said == [f"warning: cache shard {victim} is corrupt (its values do not match the checksum in its header: "
+                    "they were overwritten); deleting it, its entries will be recomputed"], err
+    assert not victim.exists()
+    row_of, arrays = load_shards(victim.parent)
+    assert set(row_of) == set(good)
+    for key, row in good.items():  # the recomputed rows are the true ones, not the swapped ones
+        assert np.allclose(arrays["emb"][row_of[key]], row, atol=1e-5), key

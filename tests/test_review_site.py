@@ -137,6 +137,25 @@ def test_thumbnails_are_upright_and_never_upscaled(tmp_path):
     assert out[str(rotated)][1:] == (32, 64)  # upright: portrait
 
 
+def test_thumbnails_go_straight_into_the_site_when_the_cache_cannot_be_written(tmp_path):
+    """A cache folder that cannot be written (here a file where its folder should be; a full disk alike) warns once
+    and the thumbnails are made into the site: the site is complete."""
+    from kit.errors import KitWarning
+    from kit.review.thumbs import VERSION
+
+    photos = []
+    for i in range(3):
+        photos.append(str(tmp_path / f"p{i}.jpg"))
+        Image.new("RGB", (100, 80), (40 * i, 0, 0)).save(photos[-1])
+    cache = tmp_path / "cache"
+    (cache / "thumbs").mkdir(parents=True)
+    (cache / "thumbs" / f"64px-v{VERSION}").write_text("a file, not a folder\n")
+    with pytest.warns(KitWarning, match=f"cannot write to the cache folder {cache}") as seen:
+        out, stats = make_thumbnails(photos, tmp_path / "site", 64, cache, workers=1)
+    assert len(seen) == 1 and stats == {"made": 3, "cached": 0, "kept": 0}
+    assert all((tmp_path / "site" / out[p][0]).is_file() for p in photos)
+
+
 def test_nearest_clusters_is_the_best_cosine_between_their_photos():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(40, 8)).astype(np.float32)

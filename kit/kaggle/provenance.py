@@ -112,21 +112,23 @@ def record_name(config_path: str | Path | None, score: float | None, when: dt.da
 
 
 def record_submission(meta, conf: dict, config_path: str | Path | None, folder: str | Path,
-                      pred, details: dict, task: str = "auto", plan=None, decisions: dict | None = None
-                      ) -> tuple[Path, "pd.DataFrame", dict]:
+                      pred, details: dict, task: str = "auto", plan=None, decisions: dict | None = None,
+                      local: dict | None = None) -> tuple[Path, "pd.DataFrame", dict]:
     """Validate, then write ``folder/<timestamp>-<config>-<score>.csv`` and its sidecar JSON (either task).
 
     ``pred``/``details``: what pipeline.submit returned for ``meta`` with ``plan`` (the local-matching plan, so the
     sidecar's local score describes the submitted pipeline). ``decisions``: the human decisions applied to ``pred``
     (kit.review's ``Decisions.summary()``: each file with its sha1), recorded in the sidecar; the local score is
     the pipeline's own (validation has no human decisions). Returns (csv path, the submission as
-    written, sidecar). The CSV is written through submit.write_submission (validated, atomic); the sidecar after it.
+    written, sidecar). The CSV is written through submit.write_submission (validated, atomic); the sidecar after it
+    (a sidecar that cannot be written takes its CSV away again: no record without its provenance). ``local``:
+    local_validation's result when already computed, so writing the record elsewhere does not validate again.
     """
     from ..io import write_json
     from ..submit import write_submission
 
     when = dt.datetime.now(dt.timezone.utc)
-    local = local_validation(meta, conf, task, plan)
+    local = local if local is not None else local_validation(meta, conf, task, plan)
     path = Path(folder) / record_name(config_path, local["value"], when)
     out = write_submission(pred, meta, path)
     sidecar = {
@@ -151,7 +153,11 @@ def record_submission(meta, conf: dict, config_path: str | Path | None, folder: 
         "predictions": ({"rows": int(len(out)), "clusters": int(out["cluster"].nunique())} if "cluster" in out
                         else {"rows": int(len(out)), "new_individual": int((out["identity"] == NEW_INDIVIDUAL).sum())}),
     }
-    write_json(sidecar, sidecar_path(path))
+    try:
+        write_json(sidecar, sidecar_path(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
     return path, out, sidecar
 
 

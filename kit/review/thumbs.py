@@ -16,7 +16,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from ..cache import image_key
+from ..cache import can_write, image_key, write_failed
 from ..data import open_image
 from ..io import atomic_path, copy_file
 
@@ -52,7 +52,16 @@ def make_thumbnails(paths: Sequence[str], out_dir: str | Path, size: int = 256, 
             if cached is not None and cached.is_file():
                 how = "cached"
             else:
-                _make(src, cached if cached is not None else dst, size)
+                if cached is not None and not can_write(folder):
+                    cached = None
+                try:
+                    _make(src, cached if cached is not None else dst, size)
+                except OSError as exc:  # the cache's disk is full: warn once, make it straight into the site
+                    if cached is None:
+                        raise
+                    write_failed(folder, exc)
+                    cached = None
+                    _make(src, dst, size)
                 how = "made"
             if cached is not None:
                 copy_file(cached, dst)
