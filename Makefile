@@ -10,8 +10,9 @@ SUBMISSIONS ?= submissions# where `make submit` writes <timestamp>-<config>-<loc
 SET ?=# extra settings for submit/validate/review, as `kit --set`: SET="embed.batch_size=64 rerank.enabled=false"
 DECISIONS ?=# decisions.json file(s) from the review pages, for `make submit` (space-separated)
 REVIEW ?=# REVIEW=1: `make validate` also writes reports/<folder>/review/ (the review site with the answers)
-DEMO_CONFIG := configs/demo.yaml# the demo's own small settings (one descriptor, a short shortlist): under 2 min
-CONF_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(foreach s,$(SET),--set $(s))
+DEMO_CONFIG := configs/demo.yaml# the demo's own small settings (one descriptor, a short shortlist): a few minutes
+# quoted for the shell: a path with spaces stays one argument (SET and DECISIONS are lists, split at spaces)
+CONF_ARGS = $(if $(CONFIG),--config "$(CONFIG)") $(foreach s,$(SET),--set '$(s)')
 COMPETITION ?= animal-clef-2025
 KAGGLE_DATA ?= data/$(COMPETITION)# where `make download` unzips the competition
 KAGGLE_DATASET ?= dist/kaggle-dataset# the folder `make kaggle-dataset` builds
@@ -52,15 +53,15 @@ test-fast: .venv/.installed ## the inner loop: every test but the end-to-end run
 
 submit: .venv/.installed ## validate, then write submissions/<time>-<config>-<local score>.csv + provenance .json: make submit DATA=... [CONFIG=...] [DECISIONS=...]
 	@test -n "$(DATA)" || { echo "usage: make submit DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"] [DECISIONS=decisions.json]"; exit 2; }
-	$(KIT) submit $(DATA) $(CONF_ARGS) --provenance $(SUBMISSIONS) $(foreach d,$(DECISIONS),--decisions $(d))
+	$(KIT) submit "$(DATA)" $(CONF_ARGS) --provenance "$(SUBMISSIONS)" $(foreach d,$(DECISIONS),--decisions "$(d)")
 
 validate: .venv/.installed ## score the pipeline on an open-set split, report in reports/<folder>/: make validate DATA=... [CONFIG=...] [SET=...]
 	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"]"; exit 2; }
-	$(KIT) validate $(DATA) $(CONF_ARGS) --report reports/$$(basename $(DATA)) $(if $(REVIEW),--review reports/$$(basename $(DATA))/review)
+	$(KIT) validate "$(DATA)" $(CONF_ARGS) --report "reports/$$(basename "$(DATA)")" $(if $(REVIEW),--review "reports/$$(basename "$(DATA)")/review")
 
 review: .venv/.installed ## run the pipeline, write the review site reviews/<folder>/index.html (offline, keyboard): make review DATA=... [CONFIG=...]
 	@test -n "$(DATA)" || { echo "usage: make review DATA=path/to/competition [CONFIG=...] [SET=\"key=value ...\"]"; exit 2; }
-	$(KIT) review $(DATA) $(CONF_ARGS) --out reviews/$$(basename $(DATA))
+	$(KIT) review "$(DATA)" $(CONF_ARGS) --out "reviews/$$(basename "$(DATA)")"
 
 download: .venv/.installed ## download and unzip the competition into data/ (needs Kaggle credentials, see README)
 	$(KIT) kaggle download --competition $(COMPETITION) --out $(KAGGLE_DATA)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .errors import KitError, KitWarning, OutputError
 from .outputs import deliver
-from .schema import CLUSTERING, NEW_INDIVIDUAL
+from .schema import CLUSTERING, LAYOUT_SPLITS, NEW_INDIVIDUAL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,8 +65,12 @@ def cmd_import(args) -> int:
     from .data import import_folders
 
     _require_writable(args.out, "import-folders OUT", folder=True)
-    out = import_folders(args.src, args.out, args.dataset, args.unknown_fraction, args.query_fraction,
-                         args.seed, args.layout, args.species)
+    out, n = import_folders(args.src, args.out, args.dataset, args.unknown_fraction, args.query_fraction,
+                            args.seed, args.layout, args.species)
+    labelled, unlabelled = LAYOUT_SPLITS[args.layout]
+    print(f"{n['dataset']}: {n['identities']} identities ({n['new_identities']} only among the {unlabelled} photos), "
+          f"{n['images']} images ({n[labelled]} {labelled}, {n[unlabelled]} {unlabelled}), "
+          f"{n['skipped']} skipped" + (" (named in the warning)" if n["skipped"] else ""))
     print(f"wrote competition to {out} (answer key: {out / 'solution.csv'})")
     return 0
 
@@ -111,10 +115,11 @@ def cmd_submit(args) -> int:
         _require_writable(args.provenance, "--provenance", folder=True)
     else:
         _require_writable(args.out, "--out")
-    from .submit import expected_order, read_sample, write_submission
+    from .submit import expected_order, read_sample, require_rows, write_submission
 
     conf, meta = _competition(args, conf)
-    expected_order(meta, read_sample(meta.attrs["root"]))  # a broken sample_submission.csv stops here, not at the end
+    # a broken sample_submission.csv, or no query at all, stops here, not at the end
+    require_rows(meta, expected_order(meta, read_sample(meta.attrs["root"])), args.data)
     from . import pipeline
 
     task = pipeline.task_of(meta, args.task)
@@ -225,8 +230,10 @@ def cmd_validate(args) -> int:
 def cmd_review(args) -> int:
     from . import pipeline
     from .review import submission_site
+    from .submit import expected_order, read_sample, require_rows
 
     conf, meta = _competition(args)
+    require_rows(meta, expected_order(meta, read_sample(meta.attrs["root"])), args.data)
     task = pipeline.task_of(meta, args.task)
     plan = pipeline.plan_matching(meta, conf)
     pred, details = pipeline.submit(meta, conf, task, plan)

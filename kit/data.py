@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError, ImageError
+from .errors import DataError, ImageError, KitWarning
 from .io import read_csv_str, write_csv
 from .schema import COLUMNS, FLANK_NAMES, LAYOUT_SPLITS, NEW_INDIVIDUAL, cluster_label, flank
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_LISTED = 20  # problems listed in one error; the rest are counted
+# Columns read byte-exact, never stripped: a submission repeats them and the metric (Kaggle's, `kit score`) compares
+# them exactly, so an identity " lynx_7" written as "lynx_7" would score as wrong on a right answer.
+EXACT_COLUMNS = ("image_id", "identity")
 
 # Decompression-bomb guard stays on, but camera-trap mosaics can be large: allow ~16k x 16k.
 Image.MAX_IMAGE_PIXELS = 256_000_000
@@ -141,7 +145,10 @@ def read_competition(root: str | Path, check_images: bool = True) -> pd.DataFram
     if df.empty:
         raise DataError(f"{meta_path}: no rows; add one row per image")
     for col in COLUMNS:
-        df[col] = df[col].str.strip()
+        if col in EXACT_COLUMNS:  # kept byte-exact; a value of spaces only is empty
+            df[col] = df[col].where(df[col].str.strip() != "", "")
+        else:
+            df[col] = df[col].str.strip()
     layout = detect_layout(df["split"], str(meta_path))
     labelled, unlabelled = LAYOUT_SPLITS[layout]
 
@@ -177,6 +184,7 @@ def read_competition(root: str | Path, check_images: bool = True) -> pd.DataFram
             problems.append(f"{row(i)}: {p}: the path cannot be resolved ({exc}); fix the symbolic link "
                             "or the path column")
     df["filepath"] = filepaths
+    _warn_outside(df, root, row)
     if check_images:
         for i, fp in enumerate(df["filepath"]):
             if fp and (why := check_image(fp)):
@@ -186,6 +194,20 @@ def read_competition(root: str | Path, check_images: bool = True) -> pd.DataFram
     df.attrs["layout"] = layout
     df.attrs["root"] = str(root.resolve())
     return df
+
+
+def _warn_outside(df: pd.DataFrame, root: Path, row) -> None:
+    """Warn (once, the first rows named) when paths leave ``root`` (``../``, absolute): such a folder still runs
+    here, but is not self-contained, so a copy, an archive or a Kaggle upload of it loses those photos. Read from
+    the text, not the resolved path, so an images/ folder that is a symbolic link to another disk is no warning."""
+    out = [i for i, p in enumerate(df["path"]) if p and (os.path.isabs(p) or
+                                                        os.path.normpath(p).split(os.sep)[0] == os.pardir)]
+    if out:
+        shown = "; ".join(f"{row(i)}: {df.at[i, 'path']}" for i in out[:3])
+        more = f" (and {len(out) - 3} more)" if len(out) > 3 else ""
+        warnings.warn(f"{len(out)} path(s) lead outside the competition folder {root}: {shown}{more}. It runs, but a "
+                      "copy or upload of the folder would lose those photos: move them inside it and give each path "
+                      "relative to it", KitWarning, stacklevel=3)
 
 
 def require_readable(paths, title: str) -> None:
@@ -223,23 +245,69 @@ def training_source(src: str | Path, folders: bool = False) -> str:
     return "competition"
 
 
-def scan_folders(src: str | Path) -> pd.DataFrame:
+def _skip_reason(path: Path, skip: tuple[Path, ...]) -> str | None:
+    """Why a sub-folder (or file) of a folder-per-identity collection is not an identity (an image), or None."""
+    if path.name.startswith("."):  # .git, .ipynb_checkpoints, macOS ._photo.jpg resource forks
+        return "hidden"
+    if path.is_dir() and (path / "metadata.csv").is_file():
+        return "a competition folder (holds metadata.csv), e.g. an earlier import-folders output"
+    if path.is_dir() and any(path.resolve() == s for s in skip):
+        return "the output folder"
+    return None
+
+
+def scan_folders(src: str | Path, skip: tuple[str | Path, ...] = ()) -> pd.DataFrame:
     """One row per image in a folder-per-identity collection: columns identity, source, orientation.
 
     Orientation is read from the file name ("left"/"right" in it, as in ``12_leftphoto.jpg``), since
-    flank matters for re-ID and most collections encode it there if anywhere.
+    flank matters for re-ID and most collections encode it there if anywhere. Hidden folders and files, competition
+    folders (an earlier output inside the source) and the folders of ``skip`` are left out, at any depth, and
+    listed in ``attrs["skipped"]`` (``["<relative path> (<why>)", ...]``) and one warning.
     """
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"{src} is not a folder; give a folder with one sub-folder per identity")
-    rows = []
+    skip_abs = tuple(Path(p).resolve() for p in skip)
+    rows, skipped, seen = [], [], set()
+
+    def images(folder: Path):
+        seen.add(folder.resolve())  # a symbolic link back up the tree is walked once, not forever
+        for f in sorted(folder.iterdir()):
+            if why := _skip_reason(f, skip_abs):
+                skipped.append(f"{f.relative_to(src)} ({why})")
+            elif f.is_dir():
+                if f.resolve() not in seen:
+                    yield from images(f)
+            elif f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                yield f
+
     for ident in sorted(p for p in src.iterdir() if p.is_dir()):
-        for f in sorted(ident.rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
-                rows.append({"identity": ident.name, "source": str(f), "orientation": FLANK_NAMES[flank([f.stem])[0]]})
+        if why := _skip_reason(ident, skip_abs):
+            skipped.append(f"{ident.name} ({why})")
+            continue
+        for f in images(ident):
+            rows.append({"identity": ident.name, "source": str(f), "orientation": FLANK_NAMES[flank([f.stem])[0]]})
+    if skipped:
+        warnings.warn(f"{src}: skipped {len(skipped)} (not identities or photos): {'; '.join(skipped[:5])}"
+                      + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""), KitWarning, stacklevel=2)
     if not rows:
         raise DataError(f"{src}: no images found in its sub-folders; expect SRC/<identity>/<image>.jpg")
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["skipped"] = skipped
+    return out
+
+
+def check_fractions(unknown_fraction: float, query_fraction: float) -> None:
+    """DataError naming each option out of its range (NaN included): before any file is read or written."""
+    bad = [f"--{name} {value:g}: expected a number >= 0 and < 1 ({what})"
+           for name, value, what in [("unknown-fraction", unknown_fraction, "the share of identities that become "
+                                      "new individuals; at least one identity must stay in the database"),
+                                     ("query-fraction", query_fraction, "the share of each known identity's photos "
+                                      "that become queries; at least one must stay in the database")]
+           if not 0 <= value < 1]  # False for NaN too
+    if bad:
+        raise DataError("; ".join(bad) + ". Nothing was written: give e.g. --unknown-fraction 0.25 --query-fraction "
+                        "0.3 (the defaults)")
 
 
 def _place(src: str, dst: Path) -> None:
@@ -259,21 +327,23 @@ def import_folders(
     seed: int = 0,
     layout: str = "2025",
     species: str = "",
-) -> Path:
+) -> tuple[Path, dict]:
     """Turn ``SRC/<identity>/<image>`` into a competition folder at ``out`` with an open-set query split.
 
     2025 layout: a share ``unknown_fraction`` of identities become unknown (query-only) individuals, and
     ``query_fraction`` of each known identity's images become queries. 2026 layout: the same split, named
     train/test. ``solution.csv`` (the answer key) and ``sample_submission.csv`` are written beside it.
+    Returns (``out``, counts: dataset, identities, new_identities, images, per split, skipped entries).
     """
     from .splits import open_set_split
 
     if layout not in LAYOUT_SPLITS:
         raise DataError(f"--layout {layout!r}: choose 2025 or 2026")
+    check_fractions(unknown_fraction, query_fraction)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} exists and is not empty; give a new folder for the competition")
-    found = scan_folders(src)
+    found = scan_folders(src, skip=(out,))
     require_readable(found["source"], f"{src} holds unreadable images (remove or fix them)")
     found["dataset"] = dataset
     split = open_set_split(found, unknown_fraction=unknown_fraction, query_fraction=query_fraction, seed=seed)
@@ -314,4 +384,8 @@ def import_folders(
     write_csv(meta, out / "metadata.csv")
     write_csv(solution, out / "solution.csv")
     write_csv(sample, out / "sample_submission.csv")
-    return out
+    new = q.loc[q["new_identity"], "identity"].nunique()
+    summary = {"dataset": dataset, "identities": int(split["identity"].nunique()), "new_identities": int(new),
+               "images": len(split), labelled_name: int(is_lab.sum()), unlabelled_name: int((~is_lab).sum()),
+               "skipped": len(found.attrs["skipped"])}
+    return out, summary

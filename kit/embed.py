@@ -32,12 +32,12 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import cache
 from .device import policy as device_policy
 from .data import open_image
 from .errors import WeightsError
+from .progress import progress_bar
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 KIT_CHECKPOINT = "config.json"  # a kit checkpoint folder: config.json + model.safetensors
@@ -348,7 +348,7 @@ def extract(descriptor: Descriptor, paths: Sequence[str], conf: dict, desc: str 
     out = np.empty((len(paths), descriptor.dim), dtype=np.float32)
     order: list[np.ndarray] = []
     with torch.inference_mode(), pol.autocast():
-        for x, idx in tqdm(loader, desc=desc, unit="batch", disable=len(loader) < 3, leave=False):
+        for x, idx in progress_bar(loader, desc=desc, unit="batch", disable=len(loader) < 3, leave=False):
             x = x.to(device, non_blocking=True)
             if device.type == "cuda" and conf.get("channels_last", True):
                 x = x.contiguous(memory_format=torch.channels_last)

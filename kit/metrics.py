@@ -130,6 +130,24 @@ def _check_solution(solution: pd.DataFrame, task: str) -> pd.DataFrame:
     return solution
 
 
+def _id_diff(solution: pd.DataFrame, submission: pd.DataFrame, typed: tuple[pd.DataFrame, pd.DataFrame],
+             shown: int = 5) -> str:
+    """"; missing image_id '3', '7'; extra image_id '11'" for a submission of the wrong length: compared as Kaggle
+    reads them (``typed``: "1" is "000001"), shown as written."""
+    want, have = (t["image_id"].to_numpy(dtype=object) for t in typed)
+    parts = []
+    for what, text, values, other in (("missing", solution["image_id"], want, set(have)),
+                                      ("extra", submission["image_id"], have, set(want))):
+        rows = [i for i, v in enumerate(values) if v not in other]
+        if rows:
+            listed = ", ".join(repr(str(text.iloc[i])) for i in rows[:shown])
+            parts.append(f"{what} image_id {listed}" + (f" ({len(rows)} in all)" if len(rows) > shown else ""))
+    twice = pd.Series(have).duplicated().to_numpy()
+    if twice.any():
+        parts.append(f"listed twice: image_id {', '.join(repr(str(v)) for v in submission['image_id'][twice][:shown])}")
+    return "; " + "; ".join(parts)
+
+
 def _check_submission(submission: pd.DataFrame, solution: pd.DataFrame, task: str,
                       as_read: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Kaggle's format checks of a submission, with the first offending row and the fix.
@@ -148,12 +166,13 @@ def _check_submission(submission: pd.DataFrame, solution: pd.DataFrame, task: st
                 f"Fix: the header line must be {header}."
             )
     submission = submission.reset_index(drop=True)
+    typed_solution, typed = as_read if as_read is not None else (solution, submission)
     if len(submission) != len(solution):
         raise SubmissionError(
-            f"The submission length must be {len(solution)}. Found {len(submission)} rows. "
+            f"The submission length must be {len(solution)}. Found {len(submission)} rows"
+            f"{_id_diff(solution, submission, (typed_solution, typed))}. "
             "Fix: write exactly one row per test image, as in sample_submission.csv."
         )
-    typed_solution, typed = as_read if as_read is not None else (solution, submission)
     expected = typed_solution["image_id"].to_numpy(dtype=object)
     found = typed["image_id"].to_numpy(dtype=object)
     mismatch = np.flatnonzero(expected != found)  # element by element, as Python compares: 1 == 1.0, NaN != NaN

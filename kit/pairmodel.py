@@ -15,6 +15,7 @@ what the open-set calibration reads, so tau is never chosen on pairs the model w
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field
 
@@ -23,6 +24,10 @@ import numpy as np
 from .calibration import fit_calibrator
 
 METHODS = ("logistic", "lightgbm", "mean")
+# LightGBM uses a second thread only from this many fitting pairs on: below it the threads' start and busy-wait
+# cost more than they save, and far more on a shared machine (a demo-sized fit, 3,600 pairs, on 2 loaded cores:
+# 0.6 s with 2 threads, 0.12 s with 1; the same predictions)
+LIGHTGBM_THREAD_ROWS = 50_000
 
 
 @dataclass
@@ -75,8 +80,8 @@ def _fit(method: str, names: tuple[str, ...], x: np.ndarray, y: np.ndarray, seed
 
         est = lightgbm.LGBMClassifier(n_estimators=150, learning_rate=0.05, num_leaves=15, min_child_samples=20,
                                       subsample=0.8, subsample_freq=1, colsample_bytree=0.9, reg_lambda=1.0,
-                                      random_state=seed, deterministic=True, force_row_wise=True, n_jobs=2,
-                                      verbose=-1)
+                                      random_state=seed, deterministic=True, force_row_wise=True,
+                                      n_jobs=1 if len(x) < LIGHTGBM_THREAD_ROWS else 2, verbose=-1)
         return PairModel(method, names, est.fit(x, y))
     if method == "mean":
         g_name, l_name = mean_cols
@@ -149,6 +154,22 @@ class PairFit:
     note: str = ""
 
 
+def _one_blas_thread(fn):
+    """``fn`` with BLAS on one thread: the pair model's matrices are narrow (pairs x about 10 columns), where a
+    second BLAS thread's start and busy-wait cost more than it saves, most of all on a shared machine (a demo-sized
+    logistic fit on 2 loaded cores: 64 ms with 2 BLAS threads, 8 ms with 1), and selection fits hundreds."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_one_blas_thread
 def fit_pair_model(cols: dict[str, np.ndarray], names: tuple[str, ...], same: np.ndarray, query: np.ndarray,
                    group: np.ndarray, method: str = "auto", folds: int = 5, min_gain: float = 0.005,
                    seed: int = 0, max_pairs: int = 400_000, mean_cols: tuple[str, str | None] | None = None,

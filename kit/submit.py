@@ -59,6 +59,19 @@ def expected_order(meta: pd.DataFrame, sample: pd.DataFrame | None = None) -> li
     return order
 
 
+def require_rows(meta: pd.DataFrame, order: list[str], data: str | Path) -> None:
+    """DataError when ``order`` (``expected_order``) is empty: a database-only folder has nothing to predict. Said
+    before any work, where the pipeline would otherwise run minutes and then fail on zero queries."""
+    if order:
+        return
+    labelled, unlabelled = LAYOUT_SPLITS[meta.attrs.get("layout", "2025")]
+    root = Path(meta.attrs.get("root", data))
+    sample = " and sample_submission.csv lists none" if (root / SAMPLE).is_file() else ""
+    raise DataError(f"{root / 'metadata.csv'} has no {unlabelled} rows{sample}: there is nothing to predict, so "
+                    f"nothing was run. Add the photos to identify as rows with split={unlabelled} (identity empty), or "
+                    f"score the pipeline on the {labelled} photos alone with `kit validate {data}`")
+
+
 def build_submission(pred: pd.DataFrame, order: list[str], layout: str = "2025") -> pd.DataFrame:
     """Put predictions into submission order and check them.
 

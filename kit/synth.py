@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
-from tqdm import tqdm
 
 from .errors import ConfigError, DataError
+from .progress import progress_bar
 from .schema import COLUMNS, NEW_INDIVIDUAL, cluster_label
 
 __all__ = ["DATASETS", "LAYOUTS", "make_competition"]
@@ -185,7 +185,7 @@ def _render_all(root: Path, rows: list[dict], seed: int, size: int) -> None:
         by_individual.setdefault((row["dataset"], row["individual"]), []).append(row)
     traps = {name: [_background(_rng(seed, _TRAP, spec["index"], t), int(size * 1.2), spec) for t in range(_N_TRAPS)]
              for name, spec in DATASETS.items()}  # a few ms each
-    with tqdm(total=len(rows), desc="synth images", unit="img", disable=None) as bar:
+    with progress_bar(total=len(rows), desc="synth images", unit="img") as bar:
         for (name, i), shots in by_individual.items():
             spec = DATASETS[name]
             looks = _DRAW[name](_rng(seed, _COAT, spec["index"], i), size)

@@ -64,3 +64,31 @@ def test_submit_never_reads_the_solution(tiny_2025, tmp_path):
     assert main(["submit", str(tiny_2025), "--out", str(tmp_path / "with.csv"), *FAST]) == 0
     assert main(["submit", str(comp), "--out", str(tmp_path / "without.csv"), *FAST]) == 0
     assert (tmp_path / "with.csv").read_text() == (tmp_path / "without.csv").read_text()
+
+
+@pytest.mark.parametrize("target, option", [("validate", "--report"), ("submit", "--provenance"),
+                                            ("review", "--out")])
+def test_make_targets_keep_a_path_with_spaces_one_argument(target, option, tmp_path):
+    """`make validate DATA="my photos/comp"` passes the path to kit as one argument (it used to split at the space
+    and fail in argparse). `make -n` prints the command without running it; bash then lists the words it would
+    pass to kit, each on its own line."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    repo = Path(__file__).resolve().parent.parent
+    data = tmp_path / "my photos" / "the comp"
+    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", target, f"DATA={data}", "CONFIG=my configs/a.yaml",
+                           "SET=embed.batch_size=4 rerank.extractor=[sift]"], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(".venv/bin/kit "))
+    words = subprocess.run(["bash", "-c", f"printf '%s\\n' {line.split(' ', 1)[1]}"], capture_output=True,
+                           text=True, cwd=tmp_path).stdout.splitlines()
+    assert words[:2] == [target, str(data)], words
+    assert words[words.index("--config") + 1] == "my configs/a.yaml"
+    assert [words[i + 1] for i, w in enumerate(words) if w == "--set"] == ["embed.batch_size=4",
+                                                                         "rerank.extractor=[sift]"]
+    assert words[words.index(option) + 1] == {"validate": "reports/the comp", "submit": "submissions",
+                                              "review": "reviews/the comp"}[target]

@@ -20,6 +20,23 @@ def test_file_then_overrides(tmp_path):
     assert conf["retrieve"] == DEFAULTS["retrieve"]
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys without a word: a forgotten second batch_size, or a second embed:
+    section that drops the first one's keys, would change the run unseen."""
+    p = tmp_path / "c.yaml"
+    p.write_text("embed:\n  batch_size: 64\n  image_size: 96\n  batch_size: 8\nretrieve:\n  topk: 10\n"
+                 "embed:\n  model: tf_efficientnet_lite0\n")
+    with pytest.raises(ConfigError, match=r"2 bad setting\(s\)") as err:
+        load_config(p)
+    assert (f"{p} line 4: key 'embed.batch_size' is given again (first on line 2); YAML would keep only the last "
+            "one: delete one of them") in str(err.value)
+    assert (f"{p} line 7: key 'embed' is given again (first on line 1); YAML would keep only the last one: merge "
+            "the two") in str(err.value)
+    p.write_text("embed:\n  batch_size: 64\nretrieve:\n  batch_size: 8\n")  # the same name in two sections is fine
+    with pytest.raises(ConfigError, match="unknown key 'retrieve.batch_size'"):  # (only unknown there)
+        load_config(p)
+
+
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'embed.batchsize'; embed has model, weights"):
         load_config(None, ["embed.batchsize=3"])

@@ -67,6 +67,57 @@ def test_all_problems_reported_at_once(comp_copy):
     assert "line 2" in str(err.value) and "line 4" in str(err.value)
 
 
+def test_paths_outside_the_folder_are_warned_about_once(comp_copy, tmp_path):
+    import shutil
+    import warnings
+
+    from kit.errors import KitWarning
+
+    meta = read_csv_str(comp_copy / "metadata.csv")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for i in (1, 2):
+        shutil.copy(comp_copy / meta.at[i, "path"], outside / f"{i}.jpg")
+    meta.loc[1, "path"] = "../elsewhere/1.jpg"
+    meta.loc[2, "path"] = str(outside / "2.jpg")
+    meta.to_csv(comp_copy / "metadata.csv", index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = read_competition(comp_copy)  # it still runs
+    said = [str(w.message) for w in caught if issubclass(w.category, KitWarning)]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"2 path(s) lead outside the competition folder {comp_copy}: ")
+    assert f"line 3 (image_id {meta.at[1, 'image_id']!r}): ../elsewhere/1.jpg" in said[0]
+    assert f"line 4 (image_id {meta.at[2, 'image_id']!r}): {outside / '2.jpg'}" in said[0]
+    assert "move them inside it" in said[0]
+    assert df.at[1, "filepath"] == str(outside / "1.jpg")
+    (comp_copy / "linked").symlink_to(outside)  # a folder inside that links to another disk: inside, by its path
+    meta.loc[[1, 2], "path"] = ["linked/1.jpg", "linked/2.jpg"]
+    meta.to_csv(comp_copy / "metadata.csv", index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_competition(comp_copy)
+    assert not [w for w in caught if issubclass(w.category, KitWarning)]
+
+
+def test_identity_and_image_id_are_read_byte_exact(comp_copy):
+    """The metric compares them exactly, so " lynx" must not become "lynx"; a value of spaces only is empty."""
+    meta = read_csv_str(comp_copy / "metadata.csv")
+    db, q = meta.index[meta["split"] == "database"], meta.index[meta["split"] == "query"]
+    meta.loc[db[0], "identity"] = " " + meta.at[db[0], "identity"]
+    meta.loc[db[1], "identity"] = meta.at[db[1], "identity"] + "  "
+    meta.loc[q[0], "identity"] = "   "  # a query's blank identity is no identity
+    meta.loc[q[1], "image_id"] = meta.at[q[1], "image_id"] + " "
+    meta.loc[db[2], "split"] = " database "  # structural columns are still stripped
+    meta.to_csv(comp_copy / "metadata.csv", index=False)
+    df = read_competition(comp_copy)
+    assert df.at[db[0], "identity"] == meta.at[db[0], "identity"] and df.at[db[0], "identity"].startswith(" ")
+    assert df.at[db[1], "identity"] == meta.at[db[1], "identity"]
+    assert df.at[q[0], "identity"] == ""
+    assert df.at[q[1], "image_id"].endswith(" ")
+    assert df.at[db[2], "split"] == "database"
+
+
 def test_missing_metadata_names_the_fix(tmp_path):
     with pytest.raises(DataError, match="kit import-folders"):
         read_competition(tmp_path)
@@ -142,8 +193,11 @@ def _folders(root, n_ids=8, per=4):
 
 def test_import_folders_open_set(tmp_path):
     _folders(tmp_path / "src")
-    out = import_folders(tmp_path / "src", tmp_path / "comp", "Nyala", unknown_fraction=0.25, seed=3)
+    out, counts = import_folders(tmp_path / "src", tmp_path / "comp", "Nyala", unknown_fraction=0.25, seed=3)
     df = read_competition(out)
+    assert counts == {"dataset": "Nyala", "identities": 8, "new_identities": 2, "images": 32,
+                      "database": int((df["split"] == "database").sum()), "query": int((df["split"] == "query").sum()),
+                      "skipped": 0}
     sol = read_csv_str(out / "solution.csv")
     q = df[df["split"] == "query"]
     assert list(sol["image_id"]) == list(q["image_id"])
@@ -159,7 +213,7 @@ def test_import_folders_open_set(tmp_path):
 
 def test_import_folders_2026(tmp_path):
     _folders(tmp_path / "src")
-    out = import_folders(tmp_path / "src", tmp_path / "comp", "Nyala", layout="2026")
+    out, _ = import_folders(tmp_path / "src", tmp_path / "comp", "Nyala", layout="2026")
     df = read_competition(out)
     assert df.attrs["layout"] == "2026"
     train = df[df["split"] == "train"]

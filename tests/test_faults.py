@@ -391,7 +391,12 @@ SCORE_CASES = {
                     "Submission column image_id is wrong. Verify that it is in the same order"),
     "another id": ("1,LynxID2025_a\n2,LynxID2025_a\n3,LynxID2025_b\n11,new_individual\n",
                    "Submission column image_id is wrong."),
-    "a row short": ("1,LynxID2025_a\n2,LynxID2025_a\n3,LynxID2025_b\n", "The submission length must be 4."),
+    "a row short": ("1,LynxID2025_a\n2,LynxID2025_a\n3,LynxID2025_b\n",
+                    "The submission length must be 4. Found 3 rows; missing image_id '000010'. Fix:"),
+    # compared as Kaggle reads them ("1" is "000001"), shown as each file writes them
+    "rows short and one other": ("1,LynxID2025_a\n11,new_individual\n",
+                                 "The submission length must be 4. Found 2 rows; missing image_id '000002', "
+                                 "'000003', '000010'; extra image_id '11'."),
 }
 
 
@@ -575,3 +580,136 @@ def test_a_shard_with_overwritten_values_is_recomputed_with_a_warning(comp_copy,
     assert set(row_of) == set(good)
     for key, row in good.items():  # the recomputed rows are the true ones, not the swapped ones
         assert np.allclose(arrays["emb"][row_of[key]], row, atol=1e-5), key
+
+
+# ----------------------------------------------------------- issue 20, item 4: a competition with nothing to predict
+
+
+def _database_only(comp: Path) -> None:
+    from kit.io import read_csv_str
+
+    meta = read_csv_str(comp / "metadata.csv")
+    meta[meta["split"] == "database"].to_csv(comp / "metadata.csv", index=False)
+    (comp / "sample_submission.csv").unlink()
+
+
+@pytest.mark.parametrize("cmd", ["submit", "review"])
+def test_database_only_competition_has_nothing_to_predict(cmd, comp_copy, tmp_path):
+    _database_only(comp_copy)
+    before = snapshot(tmp_path)
+    code, _, err = run_kit(cmd, comp_copy, "--out", tmp_path / "out", *FAST, env=kit_env(tmp_path))
+    assert_refused(code, err, f"{comp_copy / 'metadata.csv'} has no query rows: there is nothing to predict",
+                   "split=query", f"kit validate {comp_copy}")
+    assert snapshot(tmp_path) == before and not (tmp_path / "kit-cache").exists()  # said before any embedding
+
+
+def test_a_sample_without_rows_is_nothing_to_predict_too(comp_copy, tmp_path):
+    _database_only(comp_copy)
+    (comp_copy / "sample_submission.csv").write_text("image_id,identity\n")
+    before = snapshot(tmp_path)
+    code, _, err = run_kit("submit", comp_copy, "--out", tmp_path / "sub.csv", *FAST, env=kit_env(tmp_path))
+    assert_refused(code, err, "has no query rows and sample_submission.csv lists none", "nothing to predict")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_database_only_competition_still_validates(comp_copy, tmp_path):
+    _database_only(comp_copy)
+    code, out, err = run_kit("validate", comp_copy, "--report", tmp_path / "rep", *FAST, env=kit_env(tmp_path))
+    assert code == 0, err
+    rows = {line.split()[0] for line in out.splitlines() if line.startswith("Syn")}
+    assert rows == {"SynLynx", "SynSalamander", "SynTurtle"}, out
+    assert (tmp_path / "rep" / "metrics.json").is_file()
+
+
+# ------------------------------------------------- issue 20, item 5: identities with spaces stay byte-exact to the end
+
+
+@pytest.mark.slow
+def test_identities_with_spaces_are_kept_byte_exact(comp_copy, tmp_path):
+    """A database identity " SynLynx_3" (or "SynLynx_3 ") is predicted, written and scored as it is written: the
+    metric compares text exactly, so a stripped name would score a right answer as wrong."""
+    from kit.io import read_csv_str
+
+    meta, sol = read_csv_str(comp_copy / "metadata.csv"), read_csv_str(comp_copy / "solution.csv")
+    names = sorted(set(meta["identity"]) - {""})
+    spaced = {n: f" {n}" if i % 2 else f"{n} " for i, n in enumerate(names)}  # leading or trailing, in turn
+    meta["identity"] = meta["identity"].map(lambda n: spaced.get(n, n))
+    meta.to_csv(comp_copy / "metadata.csv", index=False)
+    sol["identity"] = sol["identity"].map(lambda n: spaced.get(n, n))
+    sol.to_csv(comp_copy / "solution.csv", index=False)
+    env, sub = kit_env(tmp_path), tmp_path / "sub.csv"
+    code, _, err = run_kit("submit", comp_copy, "--out", sub, *FAST, env=env)
+    assert code == 0, err
+    predicted = set(read_csv_str(sub)["identity"])
+    assert predicted - {"new_individual"}, "no query was given a known identity: nothing was checked"
+    assert predicted <= set(spaced.values()) | {"new_individual"}, predicted  # byte-exact, spaces kept
+    code, out, err = run_kit("score", comp_copy / "solution.csv", sub, env=env)
+    assert code == 0, err
+    # the same answers with the spaces taken off both files score the same: the spaces cost nothing
+    for path, frame in [(tmp_path / "sol-plain.csv", sol), (tmp_path / "sub-plain.csv", read_csv_str(sub))]:
+        frame.assign(identity=frame["identity"].str.strip()).to_csv(path, index=False)
+    code, plain, err = run_kit("score", tmp_path / "sol-plain.csv", tmp_path / "sub-plain.csv", env=env)
+    assert code == 0, err
+    assert out.splitlines()[-1] == plain.splitlines()[-1], (out, plain)
+
+
+# ------------------------------------------------------------------ issue 20, item 7: kit import-folders checks input
+
+
+def _photo_folders(root: Path, identities: int = 3, per: int = 3) -> None:
+    """root/<identity>/<n>.jpg: tiny random photos, one folder per identity."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(identities):
+        (root / f"animal{i}").mkdir(parents=True)
+        for j in range(per):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), np.uint8)).save(root / f"animal{i}" / f"{j}.jpg")
+
+
+@pytest.mark.parametrize("option, value", [("--query-fraction", "1.5"), ("--unknown-fraction", "-0.5"),
+                                           ("--unknown-fraction", "1"), ("--query-fraction", "nan")])
+def test_import_folders_refuses_a_fraction_out_of_range(option, value, tmp_path):
+    _photo_folders(tmp_path / "src")
+    before = snapshot(tmp_path)
+    code, _, err = run_kit("import-folders", tmp_path / "src", tmp_path / "comp", "--dataset", "X", option, value,
+                           env=kit_env(tmp_path))
+    assert_refused(code, err, f"{option} {value}: expected a number >= 0 and < 1", "Nothing was written",
+                   "--unknown-fraction 0.25 --query-fraction 0.3")
+    assert snapshot(tmp_path) == before
+
+
+def test_import_folders_skips_hidden_and_output_folders_and_counts(tmp_path):
+    src, env = tmp_path / "src", kit_env(tmp_path)
+    _photo_folders(src, identities=4, per=3)
+    shutil.copytree(src / "animal0", src / ".hidden")  # a hidden folder (.git, .ipynb_checkpoints) is no identity
+    shutil.copy(src / "animal1" / "0.jpg", src / "animal1" / "._0.jpg")  # a macOS resource fork is no photo
+    code, out, err = run_kit("import-folders", src, src / "comp", "--dataset", "X", env=env)  # output inside src
+    assert code == 0, err
+    assert "X: 4 identities (1 only among the query photos), 12 images (" in out, out
+    code, out, err = run_kit("import-folders", src, src / "comp2", "--dataset", "X", env=env)  # again, beside it
+    assert code == 0, err
+    assert "X: 4 identities (1 only among the query photos), 12 images (" in out and "3 skipped" in out, out
+    warning = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "Traceback" not in err, err
+    for named in (".hidden (hidden)", "animal1/._0.jpg (hidden)", "comp (a competition folder (holds metadata.csv)"):
+        assert named in warning[0], warning[0]
+    from kit.io import read_csv_str
+
+    meta = read_csv_str(src / "comp2" / "solution.csv")
+    assert set(meta["identity"]) <= {f"animal{i}" for i in range(4)}
+    assert len(read_csv_str(src / "comp2" / "metadata.csv")) == 12  # not the earlier output's photos again
+
+
+# -------------------------------------------------------------- issue 20, item 9: progress in a log is plain lines
+
+
+def test_progress_in_a_log_is_plain_lines(tmp_path):
+    """Not a terminal (a log file, CI): no carriage returns, a plain line when a bar starts and ends."""
+    code, _, err = run_kit("synth", tmp_path / "c", "--identities", "2", "--size", "32",
+                           env=kit_env(tmp_path, TQDM_DISABLE=None))
+    assert code == 0, err
+    assert "\r" not in err and "\x1b" not in err
+    lines = [line for line in err.splitlines() if line.startswith("synth images: ")]
+    assert len(lines) == 2 and "(0%)" in lines[0] and lines[1].startswith("synth images: done, "), err

@@ -167,7 +167,8 @@ def good_2025():
         (lambda s: s.drop(columns="identity"),
          r"The submission must have column identity\. .*Fix: the header line must be image_id,identity\."),
         (lambda s: s.iloc[:2],
-         r"The submission length must be 3\. Found 2 rows\. Fix: write exactly one row per test image"),
+         r"The submission length must be 3\. Found 2 rows; missing image_id 'D_q2'\. "
+         r"Fix: write exactly one row per test image"),
         (lambda s: s.iloc[[0, 2, 1]],
          r"Submission column image_id is wrong\. Verify that it is in the same order as in sample_submission\.csv\. "
          r"First mismatch at row 1 \(line 3 of the CSV\): expected 'D_q1', found 'D_q2'\."),
@@ -294,7 +295,8 @@ def good_2026():
         (lambda s: s.rename(columns={"cluster": "identity"}),
          r"The submission must have column cluster\. Found columns: \['image_id', 'identity'\]\. "
          r"Fix: the header line must be image_id,cluster\."),
-        (lambda s: pd.concat([s, s.iloc[:1]]), r"The submission length must be 3\. Found 4 rows\."),
+        (lambda s: pd.concat([s, s.iloc[:1]]),
+         r"The submission length must be 3\. Found 4 rows; listed twice: image_id 'D_0'\."),
         (lambda s: s.assign(image_id=["D_0", "D_1", "D_9"]),
          r"Submission column image_id is wrong\. .* First mismatch at row 2 \(line 4 of the CSV\): "
          r"expected 'D_2', found 'D_9'\."),

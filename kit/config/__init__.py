@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from .defaults import DEFAULTS, SETTINGS
 from .rules import Rule
 
-__all__ = ["DEFAULTS", "SETTINGS", "Rule", "check", "dump_config", "load_config", "parse_override"]
+__all__ = ["DEFAULTS", "SETTINGS", "Rule", "check", "dump_config", "duplicate_keys", "load_config", "parse_override"]
 
 
 def _merge(conf: dict, update: dict, origin: str, problems: list[str], sources: dict[str, str]) -> None:
@@ -54,6 +54,34 @@ def check(conf: dict, sources: dict[str, str] | None = None) -> list[str]:
     return out
 
 
+def duplicate_keys(text: str, origin: str) -> list[str]:
+    """One line per key given twice in one mapping of the YAML ``text``, with both line numbers: YAML itself keeps
+    the last value without a word, so ``batch_size: 64`` above a forgotten ``batch_size: 8`` would quietly lose."""
+    out: list[str] = []
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                name = f"{prefix}{key_node.value}" if isinstance(key_node, yaml.ScalarNode) else f"{prefix}?"
+                line = key_node.start_mark.line + 1
+                if name in first:
+                    fix = ("merge the two into one" if isinstance(value_node, yaml.MappingNode) else
+                           "delete one of them")
+                    out.append(f"{origin} line {line}: key '{name}' is given again (first on line {first[name]}); "
+                               f"YAML would keep only the last one: {fix}")
+                first.setdefault(name, line)
+                walk(value_node, f"{name}.")
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, prefix)
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "")
+    return out
+
+
 def parse_override(item: str) -> dict:
     """Turn ``"embed.batch_size=64"`` into ``{"embed": {"batch_size": 64}}`` (the value parses as YAML)."""
     if "=" not in item:
@@ -81,8 +109,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; the shipped ones are in configs/")
+        text = path.read_text()
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
+            problems += duplicate_keys(text, str(path))
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):

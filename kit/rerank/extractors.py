@@ -195,13 +195,13 @@ class LocalExtractor:
 
     def _extract_paths(self, paths: Sequence[str], boxes: np.ndarray | None) -> FeatureDict:
         """Extract without the cache: ``paths`` in order -> FeatureDict with N = len(paths)."""
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         workers = self.policy.workers
         # starting workers costs about a second, more than decoding a few photos in this process
         loader = torch.utils.data.DataLoader(_ImageSet(paths, boxes, self.conf["resize"]), batch_size=None,
                                              num_workers=workers if len(paths) > 32 else 0)
-        rows = [self.extract_image(img) for img in tqdm(loader, desc=f"{self.conf['extractor']} features",
+        rows = [self.extract_image(img) for img in progress_bar(loader, desc=f"{self.conf['extractor']} features",
                                                          disable=len(paths) < 8, leave=False)]
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 

@@ -62,7 +62,7 @@ class LocalMatcher(LocalExtractor):
         ``confidence: [P, B0] float32`` (0 where unmatched), B0 = feats0's budget. A match is mutual and has
         confidence above rerank.match_threshold.
         """
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
         b0 = feats0["keypoints"].shape[1]
@@ -78,7 +78,7 @@ class LocalMatcher(LocalExtractor):
         t1 = {k: torch.from_numpy(np.ascontiguousarray(v[rows1])).to(dev) for k, v in feats1.items()}
         inv0, inv1 = torch.from_numpy(inv0).to(dev), torch.from_numpy(inv1).to(dev)
         bs = self._batch_size()
-        for s in tqdm(range(0, len(pairs), bs), desc="LightGlue", disable=not progress or len(pairs) <= bs,
+        for s in progress_bar(range(0, len(pairs), bs), desc="LightGlue", disable=not progress or len(pairs) <= bs,
                       leave=False):
             i0, i1 = inv0[s:s + bs], inv1[s:s + bs]
             c0, c1 = t0["count"][i0], t1["count"][i1]

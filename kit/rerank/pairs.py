@@ -92,7 +92,7 @@ def score_pairs(scorer, paths_a: Sequence[str], paths_b: Sequence[str], pairs: n
     used instead when the disk cache is off. Features are extracted (and cached) only for photos a new pair uses.
     ``scorer.pairs_matched`` counts the unordered pairs this scorer really matched (tests assert on it).
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     cols = [*scorer.columns, "mask"]
@@ -116,7 +116,7 @@ def score_pairs(scorer, paths_a: Sequence[str], paths_b: Sequence[str], pairs: n
     first = np.array(first, np.int64)
     new_keys, new_vals = [], {c: [] for c in cols}
     step = 4096  # pairs per saved shard: an interrupted run keeps what it matched
-    bar = tqdm(total=len(first), desc=progress or f"{scorer.name} matching", unit="pair", unit_scale=True,
+    bar = progress_bar(total=len(first), desc=progress or f"{scorer.name} matching", unit="pair", unit_scale=True,
                disable=len(first) <= 256, leave=False)  # shows pairs/s
     # every photo a new pair needs, extracted (or read from the feature cache) once, not once per chunk
     if paths_a is paths_b:  # database x database: each photo read (or extracted) once, not once per side

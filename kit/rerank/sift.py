@@ -81,12 +81,12 @@ class SiftExtractor:
                 "opencv": cv2.__version__, "max_keypoints": self.max_keypoints, "resize": self.resize}
 
     def _extract_paths(self, paths: Sequence[str]) -> FeatureDict:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         loader = torch.utils.data.DataLoader(_SiftSet(paths, self.resize, self.max_keypoints), batch_size=None,
                                              num_workers=self.workers if len(paths) > 32 else 0,
                                              collate_fn=lambda row: row)
-        rows = list(tqdm(loader, desc="RootSIFT features", unit="photo", disable=len(paths) < 32, leave=False))
+        rows = list(progress_bar(loader, desc="RootSIFT features", unit="photo", disable=len(paths) < 32, leave=False))
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
     def extract(self, paths: Sequence[str], cache_dir: Path | None = None) -> FeatureDict:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..data import labelled_mask, open_image, read_competition, require_readable, scan_folders, training_source
 from ..errors import DataError
+from ..progress import progress_bar
 from ..splits import open_set_split
 
 RESIZE_MARGIN = 1.15  # photos are squashed to this x image_size before the random crop takes image_size
@@ -148,7 +148,7 @@ class Photos(torch.utils.data.Dataset):
     def preload(self, workers: int, show: bool = True) -> None:
         loader = torch.utils.data.DataLoader(_Squashed(self.paths, self.side), batch_size=None, num_workers=workers,
                                              worker_init_fn=one_thread)
-        self.blobs = list(tqdm(loader, desc="preload photos", unit="photo", leave=False, disable=not show))
+        self.blobs = list(progress_bar(loader, desc="preload photos", unit="photo", leave=False, disable=not show))
 
 
 class _Squashed(torch.utils.data.Dataset):

@@ -21,6 +21,7 @@ from ..config import dump_config
 from ..device import policy as device_policy
 from ..errors import ConfigError, DataError
 from ..io import write_csv, write_text
+from ..progress import progress_bar
 from .arcface import ArcFaceHead
 from .data import (RESIZE_MARGIN, Photos, holdout_split, identity_batches, one_thread, process_share, train_transform,
                    training_frame)
@@ -173,7 +174,7 @@ class Trainer:
                                              num_workers=self.workers, worker_init_fn=one_thread)
         parts = []
         with self.policy.autocast():
-            for x, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not self.dist.main):
+            for x, _ in progress_bar(loader, desc=desc, unit="batch", leave=False, disable=not self.dist.main):
                 parts.append(prefix(x.to(self.device)).to("cpu", torch.float16))
         return torch.cat(parts)
 
@@ -232,7 +233,7 @@ class Trainer:
         steps = self._micro_batches(self.epoch)
         params = [p for p in self.net.parameters() if p.requires_grad]
         total, count = 0.0, 0
-        bar = tqdm(self._loader(steps), total=len(steps), desc=f"epoch {self.epoch}/{self.tc['epochs']}",
+        bar = progress_bar(self._loader(steps), total=len(steps), desc=f"epoch {self.epoch}/{self.tc['epochs']}",
                    unit="step", leave=False, disable=not self.dist.main)
         for micro in bar:
             self.net.head.margin = self.margin_at(self.step)
