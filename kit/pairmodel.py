@@ -93,18 +93,11 @@ def _fit(method: str, names: tuple[str, ...], x: np.ndarray, y: np.ndarray, seed
     raise ValueError(f"pairmodel.method={method!r}: choose auto or one of {', '.join(METHODS)}")
 
 
-def _folds(groups: np.ndarray, k: int, seed: int, other: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """([P] int fold of each pair's query identity, [P] fold of its candidate's identity): one identity, one fold.
-
-    ``other`` (the candidate photos' identities) shares the folds of ``groups``: a pair is tested in its query's
-    fold and trained on only where neither identity is in the tested fold, so no fold's model ever saw a pair
-    (or its reverse) that touches an identity it is judged on. None: the candidate side is not checked."""
-    groups = np.asarray(groups, dtype=str)
-    both = groups if other is None else np.r_[groups, np.asarray(other, dtype=str)]
-    names, inv = np.unique(both, return_inverse=True)
+def _folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """[P] int fold of each pair: all pairs of one group (the pseudo-query's identity) share a fold."""
+    names, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
     rng = np.random.default_rng([seed, zlib.crc32("|".join(names).encode())])
-    fold = (rng.permutation(len(names)) % max(1, min(k, len(names))))[inv]
-    return fold[:len(groups)], (np.full(len(groups), -1) if other is None else fold[len(groups):])
+    return (rng.permutation(len(names)) % max(1, min(k, len(names))))[inv]
 
 
 def reciprocal_ranks(p: np.ndarray, same: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -173,11 +166,9 @@ def _one_blas_thread(fn):
 def fit_pair_model(cols: dict[str, np.ndarray], names: tuple[str, ...], same: np.ndarray, query: np.ndarray,
                    group: np.ndarray, method: str = "auto", folds: int = 5, min_gain: float = 0.005,
                    seed: int = 0, max_pairs: int = 400_000, mean_cols: tuple[str, str | None] | None = None,
-                   select: bool = True, other: np.ndarray | None = None) -> PairFit:
+                   select: bool = True) -> PairFit:
     """Fit P(same) on labelled pairs: ``cols {name: [P]}``, ``same [P] bool``, ``query [P]`` (the pseudo-query
-    of each pair, for MRR), ``group [P]`` (its identity: the folds), ``other [P]`` (the candidate's identity: a
-    fold's model is fitted only on pairs touching neither side's fold; None = the query side only). See the module
-    docstring for ``method``.
+    of each pair, for MRR), ``group [P]`` (its identity: the folds). See the module docstring for ``method``.
 
     With ``select`` the logistic's columns are chosen first by greedy forward selection on the same CV MRR
     (``select_features``); the other methods use the same columns (``mean`` its own two). Pairs beyond
@@ -197,7 +188,7 @@ def fit_pair_model(cols: dict[str, np.ndarray], names: tuple[str, ...], same: np
     methods = list(METHODS) if method == "auto" else [method]
     if method == "auto":
         methods = [m for m in methods if m != "mean" or mean_cols[1] is not None] or ["logistic"]
-    fold, fold_c = _folds(group, folds, seed, other)
+    fold = _folds(group, folds, seed)
 
     done: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # selection already scored the logistic's final columns
 
@@ -212,7 +203,7 @@ def fit_pair_model(cols: dict[str, np.ndarray], names: tuple[str, ...], same: np
         idx = [names.index(n) for n in use]
         oof = np.zeros(len(same), np.float32)
         for f in np.unique(fold):
-            train, test = fit_rows[(fold[fit_rows] != f) & (fold_c[fit_rows] != f)], fold == f
+            train, test = fit_rows[fold[fit_rows] != f], fold == f
             if len(train):
                 oof[test] = _fit(m, use, x[np.ix_(train, idx)], same[train], seed, mean_cols).predict(
                     {n: x[test, i] for n, i in zip(use, idx)})

@@ -108,23 +108,6 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "skip_opposite_flanks": Bool(False),
         "seed": Int(0, 0),  # seed of kornia's RANSAC
     },
-    "head": {  # a metric head per dataset on the frozen descriptors (kit/head.py): its cosine is the pair column cos:head
-        # "auto" = on where a dataset has head.min_identities identities with 2+ photos (printed); true; false = off
-        "enabled": Rule("auto", "bool", also=("auto",)),
-        "min_identities": Int(8, 2),  # identities with two or more photos "auto" needs
-        "dim": Int(256, 8, 4096),  # output size of the linear map
-        "steps": Int(300, 1, 100000),  # full-batch AdamW steps
-        "lr": Float(1e-3, 0, 1, open=True),  # AdamW learning rate
-        "weight_decay": Float(1e-3, 0, 1),  # AdamW decoupled weight decay; 0 disables
-        "scale": Float(30.0, 0, open=True),  # ArcFace logit scale s
-        "margin": Float(0.3, 0, 1.5),  # ArcFace additive angular margin (radians); 0 = normalised softmax
-        "subcenters": Int(1, 1, 16),  # sub-centres per identity (sub-center ArcFace); 1 = plain ArcFace
-        "noise": Float(0.01, 0, 1),  # sd of Gaussian noise on the inputs each step (inputs are unit rows); 0 = none
-        # the space shortlists are ordered in: "mean" (the mean cosine of every descriptor, the head's included) or
-        # "head" (the head's cosine alone)
-        "shortlist": Choice("mean", "mean", "head"),
-        "seed": Int(0, 0),  # seed of the initialisation and the noise
-    },
     "pairmodel": {  # a candidate pair's features -> P(same individual) (kit/pairmodel.py), fitted per dataset
         # "auto": the best identity-grouped cross-validated MRR of logistic, lightgbm and mean (the older mean of
         # isotonic P's); or one of them

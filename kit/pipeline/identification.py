@@ -1,12 +1,10 @@
 """The 2025 task wired: each query gets a known identity or ``new_individual``, per dataset.
 
-Per dataset (``score_datasets``): held-out calibration splits of the database (whole identities hidden as
-pretend-new animals, some photos of the others as known pseudo-queries), each scored exactly as the real queries
-are, against its own gallery only, with a metric head trained on that gallery alone (kit/pipeline/stage.py); the
-real queries scored against the whole database with a head trained on all of it. Per pipeline, a pair model fitted
-on the splits' pairs turns each pair into P(same individual); an identity's score is its best photo's P. The
-open-set decision is chosen on the splits (``fit_decisions``), reading the pair model's out-of-fold P: neither tau,
-the pair model nor a head ever saw the photos and identities it is judged on, and no query label is read anywhere.
+Per dataset (``score_dataset``): candidate pairs for every query and every database photo (kit/pipeline/pairs.py),
+local match scores for them (the plan's matchers), and per pipeline a pair model fitted on the database pairs that
+turns each pair into P(same individual). An identity's score is its best photo's P. The open-set decision is
+then chosen on held-out splits of the database (``fit_decisions``), reading the pair model's out-of-fold P, so
+neither tau nor the pair model ever saw the pairs it is judged on, and no query label is read anywhere.
 """
 
 from __future__ import annotations
@@ -18,11 +16,8 @@ import pandas as pd
 
 from .. import metrics, openset, retrieve
 from ..schema import NEW_INDIVIDUAL
-from ..head import trainable
-from ..openset import calibration_splits
-from .local import Plan
-from .pairs import FUSED, GLOBAL, NOHEAD, Candidates, PairTable, combine, feature_names, fit_models, probability_matrix
-from .stage import pair_candidates, split_table, train_head, with_head
+from .local import Plan, score_candidates
+from .pairs import FUSED, GLOBAL, candidates, combine, feature_names, fit_models, flanks, probability_matrix
 
 
 def final_pipeline(plan: Plan) -> str:
@@ -30,41 +25,22 @@ def final_pipeline(plan: Plan) -> str:
     return FUSED if plan.scorers else GLOBAL
 
 
-def pipelines(plan: Plan, head: bool = False) -> list[str]:
-    """The pipelines a run scores: global, fused (with local matching), and with a head the submitted one without
-    the head's columns (``<final>-nohead``), so a report shows what the head adds in the same run."""
-    return [GLOBAL] + ([FUSED] if plan.scorers else []) + ([final_pipeline(plan) + NOHEAD] if head else [])
-
-
-@dataclass
-class Split:
-    """One held-out calibration split of a dataset's database: pseudo-query rows ``qi [R]`` against gallery rows
-    ``di [N]`` (rows of the dataset's database), which are unknown, the raw mean cosines, and per pipeline the
-    out-of-fold P matrix ``p [R, N]`` (kit/pipeline/pairs.py probability_matrix)."""
-
-    qi: np.ndarray
-    di: np.ndarray
-    unknown: np.ndarray  # [R] bool
-    cos: np.ndarray  # [R, N] mean raw cosine
-    cos_qq: np.ndarray  # [R, R] among the pseudo-queries
-    table: PairTable
-    p: dict[str, np.ndarray] = field(default_factory=dict)
+def pipelines(plan: Plan) -> list[str]:
+    return [GLOBAL] + ([FUSED] if plan.scorers else [])
 
 
 @dataclass
 class DatasetScores:
-    """One dataset's scores: the real queries' ``q [Q, N]`` per pipeline, the global mean cosines behind them, the
-    held-out calibration splits (each scored as the real queries are), each pipeline's pair model and the head."""
+    """One dataset's image scores: ``db [N, N]`` (database photos as pseudo-queries, out-of-fold P) and
+    ``q [Q, N]`` per pipeline, the global mean cosines behind them, and each pipeline's pair model."""
 
     db_frame: pd.DataFrame
-    cos_q: np.ndarray  # [Q, N] mean cosine of the queries to the database
+    cos_db: np.ndarray  # [N, N] mean cosine among database photos (diagonal -inf)
+    cos_q: np.ndarray  # [Q, N]
     cos_qq: np.ndarray  # [Q, Q] among the queries (for the query-side open-set evidence)
-    splits: list[Split] = field(default_factory=list)
+    db: dict[str, np.ndarray] = field(default_factory=dict)
     q: dict[str, np.ndarray] = field(default_factory=dict)
     models: dict[str, object] = field(default_factory=dict)  # pipeline -> PairFit
-    head: dict = field(default_factory=dict)  # {"on", "why", "dim", "n_identities"}
-    unknown_share: float = float("nan")
-    query_fraction: float = 0.0
 
 
 def _evidence(sims: np.ndarray, labels: np.ndarray, conf: dict) -> dict:
@@ -75,66 +51,46 @@ def _evidence(sims: np.ndarray, labels: np.ndarray, conf: dict) -> dict:
             "score": id_scores[np.arange(len(top)), top]}
 
 
-def _cos(a: dict, b: dict) -> np.ndarray:
-    return combine(a) @ combine(b).T
-
-
-def _split_rows(s: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    q = s["split"] == "query"
-    return s.loc[q, "_row"].to_numpy(), s.loc[~q, "_row"].to_numpy(), s.loc[q, "new_identity"].to_numpy(bool)
-
-
 def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, conf: dict, plan: Plan
                    ) -> dict[str, DatasetScores]:
-    """Per dataset with database photos: held-out calibration splits of its database, each scored against its own
-    gallery with a head that never saw its pseudo-queries (kit/pipeline/stage.py), and the real queries scored
-    against the whole database with a head trained on all of it; pair models fitted per dataset on the splits
-    (pooled where a dataset is too small, kit/pipeline/pairs.py fit_models), out of fold on the splits."""
-    oc, topk = conf["openset"], conf["retrieve"]["topk"]
-    built: dict[str, DatasetScores] = {}
-    real: dict[str, Candidates] = {}
-    tables: list[PairTable] = []
+    """``score_dataset`` for every dataset with database photos; pair models fitted per dataset (pooled where a
+    dataset is too small, kit/pipeline/pairs.py fit_models)."""
+    rc, topk = conf["rerank"], conf["retrieve"]["topk"]
+    tables, built = {}, {}
     for name in sorted(db["dataset"].unique()):
         dm, qm = (db["dataset"] == name).to_numpy(), (q["dataset"] == name).to_numpy()
         ed = {d: e[dm] for d, e in embs_db.items()}
         eq = {d: e[qm] for d, e in embs_q.items()}
         dbf, qf = db[dm].reset_index(drop=True), q[qm].reset_index(drop=True)
         labels = dbf["identity"].to_numpy(dtype=object)
-        part = dbf.assign(_row=np.arange(len(dbf)))
-        sc = DatasetScores(dbf, _cos(eq, ed), _cos(eq, eq))
-        head_on, why = trainable(labels, conf["head"])
-        sc.unknown_share, sc.query_fraction = _mix_query_fraction(part, ed, eq, conf) if oc["match_mix"] \
-            else (float("nan"), oc["query_fraction"])
+        fl_db, fl_q = flanks(dbf), flanks(qf)
         k = len(dbf) if topk == "all" else int(topk)
-        if oc["threshold"] == "auto":
-            for s in calibration_splits(part, oc["n_unknown"], sc.query_fraction, oc["repeats"],
-                                        oc["max_repeats"], oc["seed"]):
-                qi, di, unknown = _split_rows(s)
-                table, sq, sd = split_table(part, ed, qi, di, conf, plan, k, use_head=head_on)
-                sc.splits.append(Split(qi, di, unknown, _cos(sq, sd), _cos(sq, sq), table))
-                tables.append(table)
-        head = train_head(ed, labels, conf) if head_on else None
-        sc.head = {"on": head is not None, "why": why,
-                   **({"dim": int(head.weight.shape[1]), "n_identities": head.n_identities} if head else {})}
-        eqh, edh = with_head(eq, head), with_head(ed, head)
-        real[name] = pair_candidates(eqh, edh, qf, dbf, conf, plan, k)
-        built[name] = sc
-    head_on = any(sc.head["on"] for sc in built.values())
-    for pipe in pipelines(plan, head_on):
-        fits, oofs = fit_models(tables, pipe, conf["pairmodel"]) if tables else ({}, [])
-        for split_table_, oof in zip(tables, oofs):
-            sp = next(s for s in built[split_table_.dataset].splits if s.table is split_table_)
-            sp.p[pipe] = probability_matrix(sp.table.cand, oof, len(sp.di), sp.cos)
-        pooled = next(iter(fits.values()), None)
-        for name, sc in built.items():
-            fit = fits.get(name, pooled)
-            cand = real[name]
-            names = feature_names(cand.cols, pipe)
-            p_q = fit.model.predict({c: v for c, v in cand.flat().items() if c in names}) if fit is not None \
-                else cand.flat()[f"cos:{next(iter(embs_db))}"]  # nothing labelled to fit on: the cosine
-            sc.q[pipe] = probability_matrix(cand, p_q, len(sc.db_frame), sc.cos_q)
-            sc.models[pipe] = fit
-    return built
+        cand_db = candidates(ed, ed, labels, k, int(rc["per_identity"]), True, fl_db, fl_db)
+        cand_q = candidates(eq, ed, labels, k, int(rc["per_identity"]), False, fl_q, fl_db)
+        if plan.scorers:
+            paths = dbf["filepath"].tolist()
+            for cand, qpaths in ((cand_db, paths), (cand_q, qf["filepath"].tolist())):
+                skip = np.zeros(cand.index.shape, bool)
+                skip[:, plan.topk:] = True  # candidates past the plan's shortlist keep their global evidence only
+                if rc["skip_opposite_flanks"]:
+                    skip |= cand.cols["flank_opposite"] > 0
+                score_candidates(plan, cand, qpaths, paths, labels, conf, skip)
+        cdb, cq = combine(ed), combine(eq)
+        cos_db = cdb @ cdb.T
+        np.fill_diagonal(cos_db, -np.inf)
+        built[name] = (DatasetScores(dbf, cos_db, cq @ cdb.T, cq @ cq.T), cand_db, cand_q)
+        tables[name] = (cand_db, labels)
+    for pipe in pipelines(plan):
+        fits = fit_models(tables, pipe, conf["pairmodel"])
+        for name, (scores, cand_db, cand_q) in built.items():
+            fit = fits[name]
+            n = len(scores.db_frame)
+            scores.db[pipe] = probability_matrix(cand_db, fit.oof, n, scores.cos_db)
+            p_q = fit.model.predict({c: v for c, v in cand_q.flat().items()
+                                     if c in feature_names(cand_q.cols, pipe)})
+            scores.q[pipe] = probability_matrix(cand_q, p_q, n, scores.cos_q)
+            scores.models[pipe] = fit
+    return {name: s for name, (s, _, _) in built.items()}
 
 
 def _features(ev: dict, cos: np.ndarray, cos_qq: np.ndarray | None, conf: dict) -> dict[str, np.ndarray]:
@@ -143,62 +99,65 @@ def _features(ev: dict, cos: np.ndarray, cos_qq: np.ndarray | None, conf: dict) 
     return openset.query_features(ev["id_scores"], cos.max(axis=1), qb)
 
 
-def _mix_query_fraction(part: pd.DataFrame, ed: dict, eq: dict, conf: dict) -> tuple[float, float]:
+def _mix_query_fraction(part: pd.DataFrame, scores: DatasetScores, conf: dict) -> tuple[float, float]:
     """(estimated unknown share of the real queries, known-query fraction matching it) for one dataset, from the
     global top-1 cosine of a held-out split's known and unknown queries and of the real queries (their mixture)."""
     oc = conf["openset"]
     qf = oc["query_fraction"]
     splits = openset.calibration_splits(part, oc["n_unknown"], qf, 1, 1, oc["seed"])
-    if not splits or not len(next(iter(eq.values()))):
+    if not splits or not len(scores.cos_q):
         return float("nan"), qf
     s = splits[0]
-    qi, di, new = _split_rows(s)
+    cal_db, cal_q = s[s["split"] == "database"], s[s["split"] == "query"]
     labels = part["identity"].to_numpy(dtype=object)
-    sub = lambda rows: {d: e[rows] for d, e in ed.items()}  # noqa: E731
-    cal = _evidence(_cos(sub(qi), sub(di)), labels[di], conf)
-    real = _evidence(_cos(eq, ed), labels, conf)
+    cal = _evidence(scores.cos_db[np.ix_(cal_q["_row"], cal_db["_row"])], labels[cal_db["_row"]], conf)
+    real = _evidence(scores.cos_q, labels, conf)
+    new = cal_q["new_identity"].to_numpy()
     share = openset.estimate_unknown_share(real["score"], cal["score"][~new], cal["score"][new])
     return share, openset.matched_query_fraction(share, int(new.sum()), int((~s["new_identity"]).sum()), qf)
 
 
-def _fixed(tau: float, note: str, pipes: list[str]) -> dict[str, dict]:
-    return {p: {"tau": tau, "heldout_score": float("nan"), "candidate": "top1", "scorer": openset.make_scorer("top1"),
-                "n_unknown": 0, "n_known": 0, "note": note} for p in pipes}
-
-
 def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> dict[str, dict[str, dict]]:
-    """Per dataset and pipeline: the open-set scorer and tau, chosen on the held-out calibration splits of the
-    database (``score_datasets``), reading each split's out-of-fold P against its own gallery.
+    """Per dataset and pipeline: the open-set scorer and tau, chosen on held-out open-set splits of the database
+    (openset.calibration_splits), reading the database pairs' out-of-fold P: nothing is matched again per split.
 
     Returns {dataset: {pipeline: {"tau", "heldout_score" (cross-validated), "candidate", "scorer"
     (openset.Scorer), "n_unknown", "n_known" (held-out query images, all splits), "n_splits",
-    "unknown_share" (estimate for the real queries), "query_fraction", "calibration" (openset.fit_decision),
-    "pair_model", "head"}}}.
+    "unknown_share" (estimate for the real queries), "query_fraction", "calibration" (openset.fit_decision)}}}.
     """
-    oc = conf["openset"]
-    pipes = pipelines(plan, any(sc.head.get("on") for sc in scores.values()))
+    oc, pipes = conf["openset"], pipelines(plan)
     out: dict[str, dict] = {}
     for name, sc in scores.items():
         if oc["threshold"] != "auto":
-            out[name] = _fixed(float(oc["threshold"]), "fixed threshold", pipes)
+            out[name] = {p: {"tau": float(oc["threshold"]), "heldout_score": float("nan"), "candidate": "top1",
+                             "scorer": openset.make_scorer("top1"), "n_unknown": 0, "n_known": 0,
+                             "note": "fixed threshold"} for p in pipes}
             continue
-        if not sc.splits:
+        part = sc.db_frame.assign(_row=np.arange(len(sc.db_frame)))
+        share, qf = _mix_query_fraction(part, sc, conf) if oc["match_mix"] else (float("nan"), oc["query_fraction"])
+        splits = openset.calibration_splits(part, oc["n_unknown"], qf, oc["repeats"], oc["max_repeats"], oc["seed"])
+        if not splits:
             print(f"warning: {name}: too few identities to hold any out, so tau is openset.fallback_threshold="
                   f"{oc['fallback_threshold']} (not calibrated)", flush=True)
-            out[name] = _fixed(float(oc["fallback_threshold"]),
-                               "too few identities to hold out; using openset.fallback_threshold", pipes)
+            out[name] = {p: {"tau": float(oc["fallback_threshold"]), "heldout_score": float("nan"),
+                             "candidate": "top1", "scorer": openset.make_scorer("top1"), "n_unknown": 0,
+                             "n_known": 0, "note": "too few identities to hold out; using openset.fallback_threshold"}
+                         for p in pipes}
             continue
-        labels = sc.db_frame["identity"].to_numpy(dtype=object)
+        labels = part["identity"].to_numpy(dtype=object)
         pooled: dict[str, dict[str, list]] = {p: {} for p in pipes}
         lab: dict[str, list] = {"unknown": [], "identity": [], "group": []}
-        for r, sp in enumerate(sc.splits):
-            truth = labels[sp.qi]
+        for r, s in enumerate(splits):
+            qi = s.loc[s["split"] == "query", "_row"].to_numpy()
+            di = s.loc[s["split"] == "database", "_row"].to_numpy()
+            truth = labels[qi]
+            cos = sc.cos_db[np.ix_(qi, di)]
             for pipe in pipes:
-                ev = _evidence(sp.p[pipe], labels[sp.di], conf)
-                for f, v in _features(ev, sp.cos, sp.cos_qq, conf).items():
+                ev = _evidence(sc.db[pipe][np.ix_(qi, di)], labels[di], conf)
+                for f, v in _features(ev, cos, sc.cos_db[np.ix_(qi, qi)], conf).items():
                     pooled[pipe].setdefault(f, []).append(v)
                 pooled[pipe].setdefault("_correct", []).append(ev["top_identity"] == truth)
-            lab["unknown"].append(sp.unknown)
+            lab["unknown"].append(s.loc[s["split"] == "query", "new_identity"].to_numpy(bool))
             lab["identity"].append(np.array([f"{r}:{t}" for t in truth], dtype=object))
             lab["group"].append(truth.astype(str))
         unknown, identity, group = (np.concatenate(lab[k]) for k in ("unknown", "identity", "group"))
@@ -206,14 +165,12 @@ def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> d
         for pipe in pipes:
             feats = {f: np.concatenate(v) for f, v in pooled[pipe].items() if f != "_correct"}
             cal = openset.fit_decision(feats, np.concatenate(pooled[pipe]["_correct"]), unknown, identity, group, oc)
-            fit = sc.models.get(pipe)
             out[name][pipe] = {"tau": cal["tau"], "heldout_score": cal["heldout_score"], "candidate": cal["candidate"],
                                "scorer": cal["scorer"], "n_unknown": int(unknown.sum()),
-                               "n_known": int((~unknown).sum()), "n_splits": len(sc.splits),
-                               "unknown_share": sc.unknown_share, "query_fraction": sc.query_fraction,
-                               "calibration": cal, "head": sc.head,
-                               "pair_model": None if fit is None else {**fit.model.describe(), "cv_mrr": fit.cv,
-                                                                       "note": fit.note}}
+                               "n_known": int((~unknown).sum()), "n_splits": len(splits), "unknown_share": share,
+                               "query_fraction": qf, "calibration": cal,
+                               "pair_model": {**sc.models[pipe].model.describe(), "cv_mrr": sc.models[pipe].cv,
+                                              "note": sc.models[pipe].note}}
     return out
 
 
@@ -227,7 +184,7 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, con
     """
     scores = score_datasets(db, q, embs_db, embs_q, conf, plan)
     thresholds = fit_decisions(scores, conf, plan)
-    pipes = pipelines(plan, any(sc.head.get("on") for sc in scores.values()))
+    pipes = pipelines(plan)
     preds = {p: pd.Series(NEW_INDIVIDUAL, index=q.index, dtype=object) for p in pipes}
     details: dict[str, dict] = {}
     for name, qpart in q.groupby("dataset", sort=True):

@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..head import HEAD
 from ..pairmodel import PairFit, fit_pair_model
 from ..retrieve import dedup_shortlist
 from ..schema import flank
 
 GLOBAL, FUSED = "global", "fused"
-NOHEAD = "-nohead"  # suffix of a pipeline that leaves the metric head's columns out (reported beside the submitted)
 
 
 def combine(embs: dict[str, np.ndarray]) -> np.ndarray:
@@ -59,18 +57,15 @@ class Candidates:
 
 
 def candidates(embs_q: dict[str, np.ndarray], embs_db: dict[str, np.ndarray], labels_db: np.ndarray, k: int,
-               per_identity: int, exclude_self: bool, flank_q, flank_db, order_by: tuple[str, ...] = ()
-               ) -> Candidates:
+               per_identity: int, exclude_self: bool, flank_q, flank_db) -> Candidates:
     """The shortlist of each row of ``embs_q`` in the database, with the global and flank columns filled.
 
     ``embs_*``: {descriptor: [R, D] / [N, D]} L2-normalised; ``exclude_self``: the rows ARE the database (pseudo-
-    queries, or the test photos among themselves), so row i never lists itself. ``k``: shortlist length (N or more =
-    every photo). ``order_by``: the descriptors whose mean cosine orders the shortlist (empty = all of them).
+    queries), so row i never lists itself. ``k``: shortlist length (N or more = every photo).
     """
     names = list(embs_db)
     sims = {d: embs_q[d] @ embs_db[d].T for d in names}  # [R, N] each
-    by = [d for d in order_by if d in sims] or names
-    mean = sum(sims[d] for d in by) / len(by)
+    mean = sum(sims.values()) / len(names)
     if exclude_self:
         for s in (mean, *sims.values()):
             np.fill_diagonal(s, -np.inf)
@@ -110,12 +105,9 @@ def add_local(cand: Candidates, name: str, scores: dict[str, np.ndarray], done: 
 
 
 def feature_names(cols: dict[str, np.ndarray], pipeline: str) -> tuple[str, ...]:
-    """The columns a pipeline's pair model reads: global ones only (``global``), or all (``fused``); a name ending
-    in ``-nohead`` leaves out the metric head's columns (the same run without the head, for comparison)."""
+    """The columns a pipeline's pair model reads: global ones only, or all."""
     glob = ("cos:", "rank:", "flank_")
-    base = pipeline.removesuffix(NOHEAD)
-    names = tuple(n for n in cols if base == FUSED or n.startswith(glob))
-    return tuple(n for n in names if not n.endswith(f":{HEAD}")) if pipeline.endswith(NOHEAD) else names
+    return tuple(n for n in cols if pipeline == FUSED or n.startswith(glob))
 
 
 def mean_columns(names: tuple[str, ...]) -> tuple[str, str | None]:
@@ -125,88 +117,57 @@ def mean_columns(names: tuple[str, ...]) -> tuple[str, str | None]:
     return cos, local
 
 
-@dataclass
-class PairTable:
-    """The labelled candidate pairs of one held-out split of one dataset: ``cand`` (rows = the split's pseudo-
-    queries), ``q_labels [R]`` their identities and ``db_labels [N]`` those of the split's gallery. A pair model is
-    fitted on such tables, and its out-of-fold P on them is what tau and the 2026 cut are chosen on."""
-
-    cand: Candidates
-    q_labels: np.ndarray
-    db_labels: np.ndarray
-    dataset: str
-
-    def flat_labels(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(same [P] bool, query id [P], query identity [P], candidate identity [P]) of the valid pairs, row-major;
-        ``key`` makes the query ids unique across tables."""
-        ok = self.cand.valid
-        rows = np.broadcast_to(np.arange(len(ok))[:, None], ok.shape)[ok]
-        qi = np.asarray(self.q_labels, dtype=object)[rows]
-        ci = np.asarray(self.db_labels, dtype=object)[self.cand.index[ok]]
-        ds = self.dataset
-        return (qi == ci, np.array([f"{key}/{r}" for r in rows], dtype=object),
-                np.array([f"{ds}/{x}" for x in qi], dtype=object), np.array([f"{ds}/{x}" for x in ci], dtype=object))
-
-
-def fit_models(tables: list[PairTable], pipeline: str, pc: dict) -> tuple[dict[str, PairFit], list[np.ndarray]]:
-    """One pair model per dataset for ``pipeline``, fitted on all its tables (held-out splits); a dataset too small
-    to fit its own (fewer than ``pairmodel.min_identities`` identities with a true candidate, or fewer than
+def fit_models(tables: dict[str, tuple[Candidates, np.ndarray]], pipeline: str, pc: dict
+               ) -> dict[str, PairFit]:
+    """One pair model per dataset for ``pipeline``, fitted on its database candidates; a dataset too small to fit
+    its own (fewer than ``pairmodel.min_identities`` identities with a true candidate, or fewer than
     ``pairmodel.min_positive`` true pairs) gets the model pooled over all datasets, and says so.
 
-    Cross-fitting is by identity on both sides of a pair (kit/pairmodel.py ``other``). Returns ({dataset: PairFit},
-    [out-of-fold P of each table's valid pairs, row-major], in ``tables`` order).
+    ``tables``: {dataset: (its database Candidates, labels [N] of its database rows)}. Returns {dataset: PairFit}
+    whose ``oof`` covers that dataset's valid candidates, row-major.
     """
-    labs = [t.flat_labels(str(i)) for i, t in enumerate(tables)]
-    flat = [t.cand.flat() for t in tables]
-    by_ds: dict[str, list[int]] = {}
-    for i, t in enumerate(tables):
-        by_ds.setdefault(t.dataset, []).append(i)
+    flat, same, query, group = {}, {}, {}, {}
+    for ds, (cand, labels) in tables.items():
+        ok = cand.valid
+        rows = np.broadcast_to(np.arange(len(ok))[:, None], ok.shape)[ok]
+        flat[ds] = cand.flat()
+        same[ds] = labels[rows] == labels[cand.index[ok]]
+        query[ds] = np.array([f"{ds}/{r}" for r in rows], dtype=object)
+        group[ds] = np.array([f"{ds}/{labels[r]}" for r in rows], dtype=object)
 
-    def fit(idx: list[int]) -> PairFit:
-        common = [n for n in flat[idx[0]] if all(n in flat[i] for i in idx)]  # pooled: the columns all datasets have
-        cols = {n: np.concatenate([flat[i][n] for i in idx]) for n in common}
+    def fit(names_of: list[str]) -> PairFit:
+        cols = {n: np.concatenate([flat[d][n] for d in names_of]) for n in flat[names_of[0]]}
         names = feature_names(cols, pipeline)
         if pc["features"] not in ("auto", "all"):
             names = tuple(n for n in names if n.startswith(tuple(pc["features"]))) or names
-        same, query, group, other = (np.concatenate([labs[i][c] for i in idx]) for c in range(4))
-        return fit_pair_model(cols, names, same, query, group, pc["method"], pc["cv_folds"], pc["min_gain"],
-                              pc["seed"], pc["max_pairs"], mean_columns(names), select=pc["features"] == "auto",
-                              other=other)
+        return fit_pair_model(cols, names, np.concatenate([same[d] for d in names_of]),
+                              np.concatenate([query[d] for d in names_of]),
+                              np.concatenate([group[d] for d in names_of]), pc["method"], pc["cv_folds"],
+                              pc["min_gain"], pc["seed"], pc["max_pairs"], mean_columns(names),
+                              select=pc["features"] == "auto")
 
-    def big_enough(idx: list[int]) -> bool:
-        same = np.concatenate([labs[i][0] for i in idx])
-        group = np.concatenate([labs[i][2] for i in idx])
-        return int(same.sum()) >= pc["min_positive"] and len(set(group[same])) >= pc["min_identities"]
+    def big_enough(ds: str) -> bool:
+        s = same[ds]
+        ids_with_match = len(set(group[ds][s]))
+        return int(s.sum()) >= pc["min_positive"] and ids_with_match >= pc["min_identities"]
 
     out: dict[str, PairFit] = {}
-    oof: list[np.ndarray] = [np.zeros(0, np.float32)] * len(tables)
-
-    def spread(f: PairFit, idx: list[int]) -> None:
-        offset = 0
-        for i in idx:
-            n = len(labs[i][0])
-            oof[i] = f.oof[offset:offset + n]
-            offset += n
-
-    small = [d for d, idx in by_ds.items() if not big_enough(idx)]
-    for ds, idx in by_ds.items():
+    small = [d for d in tables if not big_enough(d)]
+    for ds in tables:
         if ds not in small:
-            out[ds] = fit(idx)
-            spread(out[ds], idx)
+            out[ds] = fit([ds])
     if small:
-        own = list(oof)
-        pooled = fit(list(range(len(tables))))
-        spread(pooled, list(range(len(tables))))
-        names = ", ".join(sorted(by_ds))
-        for i, t in enumerate(tables):
-            if t.dataset not in small:
-                oof[i] = own[i]
-        for ds in small:
-            pos = int(sum(labs[i][0].sum() for i in by_ds[ds]))
-            out[ds] = PairFit(pooled.model, np.zeros(0, np.float32), pooled.cv, pooled.n_pairs, pooled.n_positive,
-                              note=f"too few labelled pairs of its own ({pos} true pairs): pair model pooled over "
-                                   f"{names}")
-    return out, oof
+        pooled_names = sorted(tables)
+        pooled = fit(pooled_names)
+        offset = 0
+        for ds in pooled_names:
+            n = len(same[ds])
+            if ds in small:
+                out[ds] = PairFit(pooled.model, pooled.oof[offset:offset + n], pooled.cv, n, int(same[ds].sum()),
+                                  note=f"too few labelled pairs of its own ({int(same[ds].sum())} true pairs): "
+                                       f"pair model pooled over {', '.join(pooled_names)}")
+            offset += n
+    return out
 
 
 def probability_matrix(cand: Candidates, p: np.ndarray, n_db: int, fallback: np.ndarray) -> np.ndarray:
