@@ -16,12 +16,12 @@ what the open-set calibration reads, so tau is never chosen on pairs the model w
 from __future__ import annotations
 
 import functools
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .calibration import fit_calibrator
+from .splits import name_folds
 
 METHODS = ("logistic", "lightgbm", "mean")
 # LightGBM uses a second thread only from this many fitting pairs on: below it the threads' start and busy-wait
@@ -94,10 +94,9 @@ def _fit(method: str, names: tuple[str, ...], x: np.ndarray, y: np.ndarray, seed
 
 
 def _folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """[P] int fold of each pair: all pairs of one group (the pseudo-query's identity) share a fold."""
-    names, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    rng = np.random.default_rng([seed, zlib.crc32("|".join(names).encode())])
-    return (rng.permutation(len(names)) % max(1, min(k, len(names))))[inv]
+    """[P] int fold of each pair: all pairs of one group (the pseudo-query's identity) share a fold, drawn from
+    the group's name alone (splits.name_folds: renaming one identity moves no other)."""
+    return name_folds(groups, k, seed)
 
 
 def reciprocal_ranks(p: np.ndarray, same: np.ndarray, query: np.ndarray) -> np.ndarray:

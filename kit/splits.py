@@ -18,19 +18,42 @@ import pandas as pd
 MAX_UNKNOWN_SHARE = 0.25  # unknowns take at most this share of a small dataset's images
 
 
-def _rng(seed: int, dataset: str) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(str(dataset).encode())])
+def _rng(seed: int, dataset: str, identity: str | None = None) -> np.random.Generator:
+    keys = [seed, zlib.crc32(str(dataset).encode())] + ([] if identity is None else [zlib.crc32(identity.encode())])
+    return np.random.default_rng(keys)
 
 
-def _known_queries(group: pd.DataFrame, query_fraction: float, rng: np.random.Generator) -> list:
-    """Index labels of query images drawn from each identity, always leaving one in the database."""
+def _name_key(seed: int, name: str) -> int:
+    return zlib.crc32(f"{seed}\x1f{name}".encode())
+
+
+def name_folds(names, k: int, seed: int) -> np.ndarray:
+    """[n] int fold of each of ``names`` (identities; equal names share a fold), from a hash of (seed, name) alone:
+    renaming one identity moves that identity only, never the others (a fold from a shuffle of the sorted names moved
+    them all, and a pooled model carried that into every dataset). Where hashing leaves a fold empty (few names),
+    the names are dealt out in hash order instead."""
+    uniq, inv = np.unique(np.asarray(names, dtype=str), return_inverse=True)
+    key = np.array([_name_key(seed, n) for n in uniq], np.int64)
+    k = max(1, min(int(k), len(uniq)))
+    fold = key % k
+    if len(np.unique(fold)) < k:
+        fold = np.empty(len(uniq), np.int64)
+        fold[np.argsort(key, kind="stable")] = np.arange(len(uniq)) % k
+    return fold[inv]
+
+
+def _known_queries(group: pd.DataFrame, query_fraction: float, rng: np.random.Generator,
+                   by_name: tuple[int, str] | None = None) -> list:
+    """Index labels of query images drawn from each identity, always leaving one in the database. ``by_name``
+    (seed, dataset): each identity draws from its own generator, so another identity's name changes nothing."""
     picked = []
-    for _, ident in group.groupby("identity", sort=True):
+    for name, ident in group.groupby("identity", sort=True):
         n = len(ident)
         if n < 2:  # its only image must stay in the database, or the query could never be matched
             continue
         k = int(np.clip(np.round(query_fraction * n), 1, n - 1))
-        picked += list(rng.choice(ident.index.to_numpy(), size=k, replace=False))
+        draw = rng if by_name is None else _rng(by_name[0], by_name[1], str(name))
+        picked += list(draw.choice(ident.index.to_numpy(), size=k, replace=False))
     return picked
 
 
@@ -41,6 +64,7 @@ def open_set_split(
     query_fraction: float = 0.3,
     seed: int = 0,
     max_unknown_share: float = MAX_UNKNOWN_SHARE,
+    by_name: bool = False,
 ) -> pd.DataFrame:
     """Hold out whole identities as unknown individuals, plus queries of the known ones.
 
@@ -49,6 +73,10 @@ def open_set_split(
     most of its database), or a share ``unknown_fraction`` of the identities. Exactly one of the two.
     All images of an unknown identity become queries; known identities give ``query_fraction`` of their
     images (at least one image of each stays in the database).
+
+    ``by_name``: the identities are taken in the order of a hash of (seed, dataset, name), and each one's known
+    queries drawn from its own generator, so renaming one identity changes nothing for the others (the calibration
+    splits use this: a label must not move a threshold). Default: a seeded shuffle of the sorted names.
     """
     if (n_unknown is None) == (unknown_fraction is None):
         raise ValueError("give exactly one of n_unknown or unknown_fraction")
@@ -58,7 +86,10 @@ def open_set_split(
     for name, group in out.groupby("dataset", sort=True):
         rng = _rng(seed, name)
         ids = np.array(sorted(group["identity"].unique()))
-        rng.shuffle(ids)
+        if by_name:
+            ids = np.array(sorted(ids, key=lambda i: (_name_key(seed, f"{name}\x1f{i}"), str(i))))
+        else:
+            rng.shuffle(ids)
         if unknown_fraction is not None:
             n_ids = int(round(unknown_fraction * len(ids)))
             unknown = set(ids[:min(n_ids, len(ids) - 1)])  # at least one identity stays known
@@ -74,7 +105,7 @@ def open_set_split(
         is_unknown = group["identity"].isin(unknown)
         out.loc[group.index[is_unknown], ["split", "new_identity"]] = ["query", True]
         known = group[~is_unknown]
-        out.loc[_known_queries(known, query_fraction, rng), "split"] = "query"
+        out.loc[_known_queries(known, query_fraction, rng, (seed, str(name)) if by_name else None), "split"] = "query"
     return out
 
 

@@ -713,3 +713,26 @@ def test_progress_in_a_log_is_plain_lines(tmp_path):
     assert "\r" not in err and "\x1b" not in err
     lines = [line for line in err.splitlines() if line.startswith("synth images: ")]
     assert len(lines) == 2 and "(0%)" in lines[0] and lines[1].startswith("synth images: done, "), err
+
+
+# ----------------------------------------------------------------- 11: one photo per identity in the database
+
+
+def test_one_photo_per_identity_still_calibrates_from_the_unknown_side(comp_copy, tmp_path):
+    """Every identity keeps one database photo: no known query can be held out, but every photo is a pretend-new
+    animal against the others. tau comes from them (a quantile), the warning says the real reason, and the queries
+    are not all called new (the old fallback tau 0.6 called every one new: score 0)."""
+    from kit.io import read_csv_str
+
+    meta = read_csv_str(comp_copy / "metadata.csv")
+    first = ~meta.loc[meta["split"] == "database"].duplicated(["dataset", "identity"])
+    meta = meta.drop(first.index[~first.to_numpy()])
+    (comp_copy / "metadata.csv").write_text(meta.to_csv(index=False))
+    out = tmp_path / "sub.csv"
+    code, text, err = run_kit("submit", comp_copy, "--out", out, *FAST, env=kit_env(tmp_path))
+    assert code == 0, err
+    assert "every identity in its database has one photo" in text + err
+    assert "openset.unknown_quantile" in text + err and "too few identities" not in text + err
+    pred = read_csv_str(out)["identity"]
+    assert len(pred) == int((meta["split"] == "query").sum())  # no query row dropped
+    assert 0 < (pred == "new_individual").mean() < 1, pred.value_counts()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.splits import hide_answers, open_set_split
+from kit.splits import hide_answers, name_folds, open_set_split
 
 
 @st.composite
@@ -22,9 +23,9 @@ def labelled(draw):
 
 
 @settings(max_examples=60, deadline=None)
-@given(labelled(), st.integers(0, 10_000), st.integers(1, 40))
-def test_open_set_split_properties(df, seed, n_unknown):
-    s = open_set_split(df, n_unknown=n_unknown, seed=seed)
+@given(labelled(), st.integers(0, 10_000), st.integers(1, 40), st.booleans())
+def test_open_set_split_properties(df, seed, n_unknown, by_name):
+    s = open_set_split(df, n_unknown=n_unknown, seed=seed, by_name=by_name)
     assert len(s) == len(df) and s["image_id"].is_unique  # every image exactly once, on one side
     db, q = s[s["split"] == "database"], s[s["split"] == "query"]
     for name, part in s.groupby("dataset"):
@@ -36,7 +37,7 @@ def test_open_set_split_properties(df, seed, n_unknown):
         assert set(known_q["identity"]) <= set(part_db["identity"])  # known queries can be matched
         assert len(part_db) > 0
     # deterministic by seed
-    pd.testing.assert_frame_equal(s, open_set_split(df, n_unknown=n_unknown, seed=seed))
+    pd.testing.assert_frame_equal(s, open_set_split(df, n_unknown=n_unknown, seed=seed, by_name=by_name))
 
 
 def test_open_set_unknown_size_and_cap():
@@ -68,3 +69,38 @@ def test_hide_answers_strips_query_labels():
 def test_exactly_one_unknown_size():
     with pytest.raises(ValueError):
         open_set_split(pd.DataFrame({"identity": ["a"], "dataset": ["A"]}))
+
+
+def _renamed(df: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
+    """``df`` with identity ``old`` of dataset A called ``new``."""
+    hit = (df["identity"] == old) & (df["dataset"] == "A")
+    return df.assign(identity=df["identity"].where(~hit, new))
+
+
+def test_name_folds_move_only_the_renamed_identity():
+    names = [f"id{i:03d}" for i in range(60)]
+    before = name_folds(names, 5, seed=3)
+    after = name_folds(["zz-renamed"] + names[1:], 5, seed=3)
+    assert (before[1:] == after[1:]).all()  # every other identity keeps its fold
+    assert sorted(set(before)) == list(range(5))  # and every fold is used
+    assert not (name_folds(names, 5, seed=4) == before).all()  # the seed still matters
+    few = name_folds(["a", "b", "c"], 5, seed=0)  # fewer names than folds: each its own fold
+    assert sorted(few) == [0, 1, 2]
+
+
+def test_a_by_name_split_does_not_move_when_another_identity_is_renamed():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"identity": [f"id{i:02d}" for i in rng.integers(0, 40, 400)], "dataset": "A"})
+    df = pd.concat([df, df.assign(dataset="B")], ignore_index=True)
+    for renamed in ("id05", "id17", "id33"):
+        before = open_set_split(df, n_unknown=60, seed=2, by_name=True)
+        after = open_set_split(_renamed(df, renamed, "a-new-name"), n_unknown=60, seed=2, by_name=True)
+        other = ((df["identity"] != renamed) & (df["dataset"] == "A")).to_numpy()
+        same = (before[["split", "new_identity"]] == after[["split", "new_identity"]]).all(axis=1).to_numpy()
+        # at most the identities whose held-out place the renamed one took or gave up move; dataset B never does
+        assert same[(df["dataset"] == "B").to_numpy()].all()
+        assert same[other].mean() > 0.9, renamed
+    # the plain split (a shuffle of the sorted names) moves many: the reason by_name exists
+    plain = [open_set_split(d, n_unknown=60, seed=2)["split"].to_numpy()[:400]
+             for d in (df, _renamed(df, "id00", "zz"))]
+    assert (plain[0] != plain[1]).mean() > 0.05

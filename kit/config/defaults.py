@@ -108,6 +108,20 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "skip_opposite_flanks": Bool(False),
         "seed": Int(0, 0),  # seed of kornia's RANSAC
     },
+    "head": {  # a metric head on the frozen descriptors (kit/head.py, bench/head.py); not yet in the pipeline
+        "dim": Int(256, 8, 4096),  # output size of the linear map
+        "steps": Int(300, 1, 100000),  # full-batch AdamW steps
+        "lr": Float(1e-3, 0, 1, open=True),  # AdamW learning rate
+        "weight_decay": Float(1e-3, 0, 1),  # AdamW decoupled weight decay; 0 disables
+        "scale": Float(30.0, 0, open=True),  # ArcFace logit scale s
+        "margin": Float(0.3, 0, 1.5),  # ArcFace additive angular margin (radians); 0 = normalised softmax
+        "subcenters": Int(1, 1, 16),  # sub-centres per identity (sub-center ArcFace); 1 = plain ArcFace
+        # the map is learned on the inputs' top principal directions (at most this many): the same head, faster when
+        # photos are fewer than dimensions; 0 = on all inputs
+        "pca": Int(256, 0, 100000),
+        "noise": Float(0.02, 0, 1),  # sd of Gaussian noise on the inputs each step (inputs are unit rows); 0 = none
+        "seed": Int(0, 0),  # seed of the initialisation and the noise
+    },
     "pairmodel": {  # a candidate pair's features -> P(same individual) (kit/pairmodel.py), fitted per dataset
         # "auto": the best identity-grouped cross-validated MRR of logistic, lightgbm and mean (the older mean of
         # isotonic P's); or one of them
@@ -127,6 +141,9 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         # "auto": tau calibrated per dataset on a held-out split; a number fixes tau
         "threshold": Float("auto", -1, 1, also=("auto",)),
         "fallback_threshold": Float(0.6, -1, 1),  # tau for a dataset too small to hold identities out
+        # a dataset whose identities all have one photo: tau is this quantile of its photos' best cosine to another
+        # (each a pretend-new animal), i.e. about this share of new animals is called new
+        "unknown_quantile": Float(0.9, 0, 1),
         "n_unknown": Int(500, 1),  # held-out unknown images per dataset for calibration (scaled down for small data)
         # share of each known identity's images held out as known queries per split
         "query_fraction": Float(0.3, 0, 1, open=True),

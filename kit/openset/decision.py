@@ -8,11 +8,11 @@ an identity-grouped cross-validation of the whole procedure (fit, choose tau, de
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..splits import name_folds
 from .threshold import balanced_weights, fit_threshold, score_calls, score_curve
 
 
@@ -126,11 +126,9 @@ def make_scorer(name: str) -> Scorer:
 
 
 def _fold_of(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """[Q] int: a random fold per group (all queries of a group share one), deterministic by seed."""
-    names, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    rng = np.random.default_rng([seed, zlib.crc32("|".join(names).encode())])
-    fold_of_name = rng.permutation(len(names)) % folds
-    return fold_of_name[inv]
+    """[Q] int: a fold per group (all queries of a group share one), from its name and the seed alone
+    (splits.name_folds: renaming one identity moves no other)."""
+    return name_folds(groups, folds, seed)
 
 
 def cross_validate(name: str, feats: dict[str, np.ndarray], correct, unknown, identity, groups,

@@ -117,6 +117,24 @@ def _mix_query_fraction(part: pd.DataFrame, scores: DatasetScores, conf: dict) -
     return share, openset.matched_query_fraction(share, int(new.sum()), int((~s["new_identity"]).sum()), qf)
 
 
+def _singleton_decisions(name: str, sc: DatasetScores, pipes: list[str], oc: dict) -> dict[str, dict]:
+    """tau of a dataset whose every identity has one database photo: no known pseudo-query can be held out (its
+    identity would leave the database), but every photo is a pretend-new animal against the others. tau is the
+    ``openset.unknown_quantile`` quantile of their best global cosine to another photo, and a query is called new
+    below it (its open-set score is its best global cosine to a database photo, ``score_on: cosine``)."""
+    unknown = sc.cos_db.max(axis=1)  # [N]: the diagonal is -inf
+    q = float(oc["unknown_quantile"])
+    tau = float(np.quantile(unknown, q))
+    print(f"warning: {name}: every identity in its database has one photo, so no known query can be held out to "
+          f"calibrate on; tau is the {q:.0%} quantile of each photo's best cosine to another (each a pretend-new "
+          f"animal): about {q:.0%} of new animals are called new (openset.unknown_quantile). Add a second photo of "
+          "some identities to calibrate tau on known ones too", flush=True)
+    return {p: {"tau": tau, "heldout_score": float("nan"), "candidate": "top1", "scorer": openset.make_scorer("top1"),
+                "score_on": "cosine", "n_unknown": int(len(unknown)), "n_known": 0,
+                "note": f"one photo per identity: tau = {q:.0%} quantile of the pretend-new photos' best cosine"}
+            for p in pipes}
+
+
 def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> dict[str, dict[str, dict]]:
     """Per dataset and pipeline: the open-set scorer and tau, chosen on held-out open-set splits of the database
     (openset.calibration_splits), reading the database pairs' out-of-fold P: nothing is matched again per split.
@@ -136,6 +154,9 @@ def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> d
         part = sc.db_frame.assign(_row=np.arange(len(sc.db_frame)))
         share, qf = _mix_query_fraction(part, sc, conf) if oc["match_mix"] else (float("nan"), oc["query_fraction"])
         splits = openset.calibration_splits(part, oc["n_unknown"], qf, oc["repeats"], oc["max_repeats"], oc["seed"])
+        if not splits and len(part) >= 2 and not part["identity"].duplicated().any():
+            out[name] = _singleton_decisions(name, sc, pipes, oc)
+            continue
         if not splits:
             print(f"warning: {name}: too few identities to hold any out, so tau is openset.fallback_threshold="
                   f"{oc['fallback_threshold']} (not calibrated)", flush=True)
@@ -200,7 +221,7 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, con
             th = thresholds[name][pipe]
             ev = _evidence(sc.q[pipe], labels, conf)
             feats = _features(ev, sc.cos_q, sc.cos_qq, conf)
-            score = th["scorer"](feats)
+            score = sc.cos_q.max(axis=1) if th.get("score_on") == "cosine" else th["scorer"](feats)
             preds[pipe].loc[qpart.index] = openset.decide(ev["top_identity"], score, th["tau"])
             details[name][pipe] = {**th, "evidence": ev, "query_index": qpart.index.to_numpy(),
                                    "features": feats, "openset_score": score}
