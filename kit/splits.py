@@ -27,6 +27,16 @@ def _name_key(seed: int, name: str) -> int:
     return zlib.crc32(f"{seed}\x1f{name}".encode())
 
 
+def anchors(frame: pd.DataFrame) -> dict:
+    """{identity: a key made of its photos, not its name} (the smallest ``image_id`` of its rows, else the smallest
+    ``path``, else the name itself): what stable splits and folds hash, so that renaming an identity changes
+    nothing at all."""
+    col = next((c for c in ("image_id", "path", "filepath") if c in frame.columns), None)
+    if col is None:
+        return {i: str(i) for i in frame["identity"].unique()}
+    return {i: f"{col}:{v}" for i, v in frame.groupby("identity", sort=False)[col].min().astype(str).items()}
+
+
 def name_folds(names, k: int, seed: int) -> np.ndarray:
     """[n] int fold of each of ``names`` (identities; equal names share a fold), from a hash of (seed, name) alone:
     renaming one identity moves that identity only, never the others (a fold from a shuffle of the sorted names moved
@@ -43,16 +53,17 @@ def name_folds(names, k: int, seed: int) -> np.ndarray:
 
 
 def _known_queries(group: pd.DataFrame, query_fraction: float, rng: np.random.Generator,
-                   by_name: tuple[int, str] | None = None) -> list:
+                   by_name: tuple[int, str, dict] | None = None) -> list:
     """Index labels of query images drawn from each identity, always leaving one in the database. ``by_name``
-    (seed, dataset): each identity draws from its own generator, so another identity's name changes nothing."""
+    (seed, dataset, ``anchors``): each identity draws from its own generator, keyed by its photos, so no name
+    changes anything."""
     picked = []
     for name, ident in group.groupby("identity", sort=True):
         n = len(ident)
         if n < 2:  # its only image must stay in the database, or the query could never be matched
             continue
         k = int(np.clip(np.round(query_fraction * n), 1, n - 1))
-        draw = rng if by_name is None else _rng(by_name[0], by_name[1], str(name))
+        draw = rng if by_name is None else _rng(by_name[0], by_name[1], by_name[2][name])
         picked += list(draw.choice(ident.index.to_numpy(), size=k, replace=False))
     return picked
 
@@ -74,8 +85,8 @@ def open_set_split(
     All images of an unknown identity become queries; known identities give ``query_fraction`` of their
     images (at least one image of each stays in the database).
 
-    ``by_name``: the identities are taken in the order of a hash of (seed, dataset, name), and each one's known
-    queries drawn from its own generator, so renaming one identity changes nothing for the others (the calibration
+    ``by_name``: the identities are taken in the order of a hash of (seed, dataset, its photos' ``anchors``), and
+    each one's known queries drawn from its own generator, so renaming identities changes nothing (the calibration
     splits use this: a label must not move a threshold). Default: a seeded shuffle of the sorted names.
     """
     if (n_unknown is None) == (unknown_fraction is None):
@@ -86,8 +97,9 @@ def open_set_split(
     for name, group in out.groupby("dataset", sort=True):
         rng = _rng(seed, name)
         ids = np.array(sorted(group["identity"].unique()))
+        anchor = anchors(group) if by_name else {}
         if by_name:
-            ids = np.array(sorted(ids, key=lambda i: (_name_key(seed, f"{name}\x1f{i}"), str(i))))
+            ids = np.array(sorted(ids, key=lambda i: (_name_key(seed, f"{name}\x1f{anchor[i]}"), anchor[i])))
         else:
             rng.shuffle(ids)
         if unknown_fraction is not None:
@@ -105,7 +117,8 @@ def open_set_split(
         is_unknown = group["identity"].isin(unknown)
         out.loc[group.index[is_unknown], ["split", "new_identity"]] = ["query", True]
         known = group[~is_unknown]
-        out.loc[_known_queries(known, query_fraction, rng, (seed, str(name)) if by_name else None), "split"] = "query"
+        stable = (seed, str(name), anchor) if by_name else None
+        out.loc[_known_queries(known, query_fraction, rng, stable), "split"] = "query"
     return out
 
 

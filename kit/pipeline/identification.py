@@ -16,6 +16,7 @@ import pandas as pd
 
 from .. import metrics, openset, retrieve
 from ..schema import NEW_INDIVIDUAL
+from ..splits import anchors
 from .local import Plan, score_candidates
 from .pairs import FUSED, GLOBAL, candidates, combine, feature_names, fit_models, flanks, probability_matrix
 
@@ -79,7 +80,8 @@ def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dic
         cos_db = cdb @ cdb.T
         np.fill_diagonal(cos_db, -np.inf)
         built[name] = (DatasetScores(dbf, cos_db, cq @ cdb.T, cq @ cq.T), cand_db, cand_q)
-        tables[name] = (cand_db, labels)
+        anchor = anchors(dbf)  # folds are drawn by a key of each identity's photos: a rename moves nothing
+        tables[name] = (cand_db, np.array([anchor[x] for x in labels], dtype=object))
     for pipe in pipelines(plan):
         fits = fit_models(tables, pipe, conf["pairmodel"])
         for name, (scores, cand_db, cand_q) in built.items():
@@ -166,6 +168,7 @@ def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> d
                          for p in pipes}
             continue
         labels = part["identity"].to_numpy(dtype=object)
+        anchor = anchors(part)
         pooled: dict[str, dict[str, list]] = {p: {} for p in pipes}
         lab: dict[str, list] = {"unknown": [], "identity": [], "group": []}
         for r, s in enumerate(splits):
@@ -179,8 +182,9 @@ def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> d
                     pooled[pipe].setdefault(f, []).append(v)
                 pooled[pipe].setdefault("_correct", []).append(ev["top_identity"] == truth)
             lab["unknown"].append(s.loc[s["split"] == "query", "new_identity"].to_numpy(bool))
-            lab["identity"].append(np.array([f"{r}:{t}" for t in truth], dtype=object))
-            lab["group"].append(truth.astype(str))
+            keys = np.array([anchor[t] for t in truth], dtype=object)  # the photos' key, not the name: see splits
+            lab["identity"].append(np.array([f"{r}:{k}" for k in keys], dtype=object))
+            lab["group"].append(keys.astype(str))
         unknown, identity, group = (np.concatenate(lab[k]) for k in ("unknown", "identity", "group"))
         out[name] = {}
         for pipe in pipes:
