@@ -38,10 +38,10 @@ def anchors(frame: pd.DataFrame) -> dict:
 
 
 def name_folds(names, k: int, seed: int) -> np.ndarray:
-    """[n] int fold of each of ``names`` (identities; equal names share a fold), from a hash of (seed, name) alone:
-    renaming one identity moves that identity only, never the others (a fold from a shuffle of the sorted names moved
-    them all, and a pooled model carried that into every dataset). Where hashing leaves a fold empty (few names),
-    the names are dealt out in hash order instead."""
+    """[n] int fold of each of ``names`` (identity keys, ``anchors``; equal keys share a fold), from a hash of
+    (seed, key) alone: no other key moves it (a fold from a shuffle of all the sorted names moved every one, and a
+    pooled model carried that into every dataset). Where hashing leaves a fold empty (few keys), the keys are dealt
+    out in hash order instead."""
     uniq, inv = np.unique(np.asarray(names, dtype=str), return_inverse=True)
     key = np.array([_name_key(seed, n) for n in uniq], np.int64)
     k = max(1, min(int(k), len(uniq)))
@@ -53,8 +53,8 @@ def name_folds(names, k: int, seed: int) -> np.ndarray:
 
 
 def _known_queries(group: pd.DataFrame, query_fraction: float, rng: np.random.Generator,
-                   by_name: tuple[int, str, dict] | None = None) -> list:
-    """Index labels of query images drawn from each identity, always leaving one in the database. ``by_name``
+                   stable: tuple[int, str, dict] | None = None) -> list:
+    """Index labels of query images drawn from each identity, always leaving one in the database. ``stable``
     (seed, dataset, ``anchors``): each identity draws from its own generator, keyed by its photos, so no name
     changes anything."""
     picked = []
@@ -63,7 +63,7 @@ def _known_queries(group: pd.DataFrame, query_fraction: float, rng: np.random.Ge
         if n < 2:  # its only image must stay in the database, or the query could never be matched
             continue
         k = int(np.clip(np.round(query_fraction * n), 1, n - 1))
-        draw = rng if by_name is None else _rng(by_name[0], by_name[1], by_name[2][name])
+        draw = rng if stable is None else _rng(stable[0], stable[1], stable[2][name])
         picked += list(draw.choice(ident.index.to_numpy(), size=k, replace=False))
     return picked
 
@@ -75,7 +75,7 @@ def open_set_split(
     query_fraction: float = 0.3,
     seed: int = 0,
     max_unknown_share: float = MAX_UNKNOWN_SHARE,
-    by_name: bool = False,
+    stable: bool = False,
 ) -> pd.DataFrame:
     """Hold out whole identities as unknown individuals, plus queries of the known ones.
 
@@ -85,7 +85,7 @@ def open_set_split(
     All images of an unknown identity become queries; known identities give ``query_fraction`` of their
     images (at least one image of each stays in the database).
 
-    ``by_name``: the identities are taken in the order of a hash of (seed, dataset, its photos' ``anchors``), and
+    ``stable``: the identities are taken in the order of a hash of (seed, dataset, its photos' ``anchors``), and
     each one's known queries drawn from its own generator, so renaming identities changes nothing (the calibration
     splits use this: a label must not move a threshold). Default: a seeded shuffle of the sorted names.
     """
@@ -97,8 +97,8 @@ def open_set_split(
     for name, group in out.groupby("dataset", sort=True):
         rng = _rng(seed, name)
         ids = np.array(sorted(group["identity"].unique()))
-        anchor = anchors(group) if by_name else {}
-        if by_name:
+        anchor = anchors(group) if stable else {}
+        if stable:
             ids = np.array(sorted(ids, key=lambda i: (_name_key(seed, f"{name}\x1f{anchor[i]}"), anchor[i])))
         else:
             rng.shuffle(ids)
@@ -117,8 +117,8 @@ def open_set_split(
         is_unknown = group["identity"].isin(unknown)
         out.loc[group.index[is_unknown], ["split", "new_identity"]] = ["query", True]
         known = group[~is_unknown]
-        stable = (seed, str(name), anchor) if by_name else None
-        out.loc[_known_queries(known, query_fraction, rng, stable), "split"] = "query"
+        keyed = (seed, str(name), anchor) if stable else None
+        out.loc[_known_queries(known, query_fraction, rng, keyed), "split"] = "query"
     return out
 
 

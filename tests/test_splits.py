@@ -24,8 +24,8 @@ def labelled(draw):
 
 @settings(max_examples=60, deadline=None)
 @given(labelled(), st.integers(0, 10_000), st.integers(1, 40), st.booleans())
-def test_open_set_split_properties(df, seed, n_unknown, by_name):
-    s = open_set_split(df, n_unknown=n_unknown, seed=seed, by_name=by_name)
+def test_open_set_split_properties(df, seed, n_unknown, stable):
+    s = open_set_split(df, n_unknown=n_unknown, seed=seed, stable=stable)
     assert len(s) == len(df) and s["image_id"].is_unique  # every image exactly once, on one side
     db, q = s[s["split"] == "database"], s[s["split"] == "query"]
     for name, part in s.groupby("dataset"):
@@ -37,7 +37,7 @@ def test_open_set_split_properties(df, seed, n_unknown, by_name):
         assert set(known_q["identity"]) <= set(part_db["identity"])  # known queries can be matched
         assert len(part_db) > 0
     # deterministic by seed
-    pd.testing.assert_frame_equal(s, open_set_split(df, n_unknown=n_unknown, seed=seed, by_name=by_name))
+    pd.testing.assert_frame_equal(s, open_set_split(df, n_unknown=n_unknown, seed=seed, stable=stable))
 
 
 def test_open_set_unknown_size_and_cap():
@@ -88,19 +88,19 @@ def test_name_folds_move_only_the_renamed_identity():
     assert sorted(few) == [0, 1, 2]
 
 
-def test_a_by_name_split_does_not_move_when_another_identity_is_renamed():
+def test_a_stable_split_does_not_move_when_another_identity_is_renamed():
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"identity": [f"id{i:02d}" for i in rng.integers(0, 40, 400)], "dataset": "A"})
     df = pd.concat([df, df.assign(dataset="B")], ignore_index=True)
     for renamed in ("id05", "id17", "id33"):
-        before = open_set_split(df, n_unknown=60, seed=2, by_name=True)
-        after = open_set_split(_renamed(df, renamed, "a-new-name"), n_unknown=60, seed=2, by_name=True)
+        before = open_set_split(df, n_unknown=60, seed=2, stable=True)
+        after = open_set_split(_renamed(df, renamed, "a-new-name"), n_unknown=60, seed=2, stable=True)
         other = ((df["identity"] != renamed) & (df["dataset"] == "A")).to_numpy()
         same = (before[["split", "new_identity"]] == after[["split", "new_identity"]]).all(axis=1).to_numpy()
         # at most the identities whose held-out place the renamed one took or gave up move; dataset B never does
         assert same[(df["dataset"] == "B").to_numpy()].all()
         assert same[other].mean() > 0.9, renamed
-    # the plain split (a shuffle of the sorted names) moves many: the reason by_name exists
+    # the plain split (a shuffle of the sorted names) moves many: the reason stable exists
     plain = [open_set_split(d, n_unknown=60, seed=2)["split"].to_numpy()[:400]
              for d in (df, _renamed(df, "id00", "zz"))]
     assert (plain[0] != plain[1]).mean() > 0.05

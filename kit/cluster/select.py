@@ -48,7 +48,7 @@ def heldout_folds(train: pd.DataFrame, emb_train: np.ndarray, cc: dict, local_fn
     folds = []
     for f in range(int(cc["heldout_folds"])):
         split = open_set_split(frame, unknown_fraction=cc["heldout_unknown_fraction"],
-                               query_fraction=cc["heldout_query_fraction"], seed=int(cc["seed"]) + f, by_name=True)
+                               query_fraction=cc["heldout_query_fraction"], seed=int(cc["seed"]) + f, stable=True)
         test = split[split["split"] == "query"]
         gal = split[split["split"] == "database"]
         if len(test) < 2 or not test["identity"].duplicated().any():

@@ -35,11 +35,11 @@ def calibration_splits(db: pd.DataFrame, n_unknown: int, query_fraction: float, 
     is missing are dropped; an empty list means the dataset is too small to calibrate on.
     """
     out: list[pd.DataFrame] = []
-    first = open_set_split(db, n_unknown=n_unknown, query_fraction=query_fraction, seed=seed, by_name=True)
+    first = open_set_split(db, n_unknown=n_unknown, query_fraction=query_fraction, seed=seed, stable=True)
     want = n_repeats(int(first["new_identity"].sum()), n_unknown, repeats, max_repeats)
     for r in range(want):
         s = first if r == 0 else open_set_split(db, n_unknown=n_unknown, query_fraction=query_fraction,
-                                                seed=seed + r, by_name=True)
+                                                seed=seed + r, stable=True)
         q = s[s["split"] == "query"]
         if q["new_identity"].any() and (~q["new_identity"]).any():
             out.append(s)
