@@ -93,12 +93,6 @@ def _fit(method: str, names: tuple[str, ...], x: np.ndarray, y: np.ndarray, seed
     raise ValueError(f"pairmodel.method={method!r}: choose auto or one of {', '.join(METHODS)}")
 
 
-def _folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """[P] int fold of each pair: all pairs of one group (the pseudo-query's identity) share a fold, drawn from
-    the group's name alone (splits.name_folds: renaming one identity moves no other)."""
-    return name_folds(groups, k, seed)
-
-
 def reciprocal_ranks(p: np.ndarray, same: np.ndarray, query: np.ndarray) -> np.ndarray:
     """[queries with a true candidate] 1 / rank of each query's best true candidate by ``p`` (in query order).
 
@@ -187,7 +181,7 @@ def fit_pair_model(cols: dict[str, np.ndarray], names: tuple[str, ...], same: np
     methods = list(METHODS) if method == "auto" else [method]
     if method == "auto":
         methods = [m for m in methods if m != "mean" or mean_cols[1] is not None] or ["logistic"]
-    fold = _folds(group, folds, seed)
+    fold = name_folds(group, folds, seed)  # all pairs of one group share a fold, drawn from its key alone
 
     done: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # selection already scored the logistic's final columns
 

@@ -125,12 +125,6 @@ def make_scorer(name: str) -> Scorer:
     return Scorer(name, CANDIDATES[name])
 
 
-def _fold_of(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """[Q] int: a fold per group (all queries of a group share one), from its name and the seed alone
-    (splits.name_folds: renaming one identity moves no other)."""
-    return name_folds(groups, folds, seed)
-
-
 def cross_validate(name: str, feats: dict[str, np.ndarray], correct, unknown, identity, groups,
                    folds: int = 5, repeats: int = 3, seed: int = 0, n_boot: int = 0, jitter: float = 0.0
                    ) -> float:
@@ -148,7 +142,7 @@ def cross_validate(name: str, feats: dict[str, np.ndarray], correct, unknown, id
         return float("nan")
     results = []
     for rep in range(repeats):
-        fold = _fold_of(groups, folds, seed + rep)
+        fold = name_folds(groups, folds, seed + rep)  # all queries of a group share a fold
         new = np.zeros(len(unknown), bool)
         for f in np.unique(fold):
             test, train = fold == f, fold != f
