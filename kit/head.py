@@ -38,7 +38,7 @@ def _key(x: np.ndarray, labels: np.ndarray, hc: dict) -> str:
     h = hashlib.sha1()
     h.update(np.ascontiguousarray(x, np.float32).tobytes())
     h.update("\x1f".join(map(str, labels)).encode())
-    h.update(repr(sorted((k, v) for k, v in hc.items() if k not in ("enabled", "min_identities", "device"))).encode())
+    h.update(repr(sorted((k, v) for k, v in hc.items() if k not in ("enabled", "min_identities", "device", "folds"))).encode())
     return h.hexdigest()[:20]
 
 
@@ -106,3 +106,60 @@ def fit_head(x: np.ndarray, labels: np.ndarray, hc: dict, cache_dir: Path | None
         except OSError:
             pass  # a cache that cannot be written costs a retrain next time, nothing else
     return head
+
+
+def photo_folds(photo_keys: np.ndarray, labels: np.ndarray, id_keys: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """[N] int fold of each photo, dealt out within its identity (so that each fold leaves every identity with two
+    or more photos some of its photos): an identity's photos in ``photo_keys`` order, the first in the fold of its
+    key (``splits.name_folds`` of ``id_keys``), the next in the following fold, and so on. No name moves a fold."""
+    from .splits import name_folds
+
+    start = name_folds(id_keys, k, seed)
+    order = np.lexsort((np.asarray(photo_keys, dtype=str), np.asarray(labels, dtype=str)))
+    labs = np.asarray(labels, dtype=str)[order]
+    first = np.r_[True, labs[1:] != labs[:-1]]
+    pos = np.arange(len(order)) - np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+    out = np.empty(len(order), np.int64)
+    out[order] = (start[order] + pos) % max(1, int(k))
+    return out
+
+
+def cross_fitted(x: np.ndarray, labels: np.ndarray, photo_keys: np.ndarray, id_keys: np.ndarray, hc: dict,
+                 x_q: np.ndarray, q_keys: np.ndarray, cache_dir: Path | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The head's cosines of every pseudo-query and query, each from a head that never saw that photo, and that
+    saw as much of the rest as any other row's head did.
+
+    x: [N, D] float32 (``combine`` of the labelled photos' descriptors); labels, photo_keys (image ids), id_keys
+    (``anchors`` of each row's identity): [N]; x_q: [Q, D] the queries, q_keys: [Q] their image ids.
+    ``head.folds`` heads are trained on all labelled photos but one fold of them (dealt out within each identity,
+    ``photo_folds``), and as many on all identities but one fold of identities.
+    Returns (known [N, N], new [N, N], query [Q, N]) float32: ``known[i]`` row i's cosines under the head that never
+    saw photo i (a known query: its identity seen, the photo not); ``new[i]`` under the head that never saw i's
+    identity (a new animal); ``query[j]`` under the photo-fold head that a hash of the query's key picks. A real
+    query is thereby scored exactly as a known pseudo-query is (the head missed 1/folds of the database): with a head
+    of all photos its cosines ran higher than any the calibration had seen, and tau landed badly (issue 18).
+    The diagonals are -inf. Cost: 2 x ``head.folds`` heads, each cached.
+    """
+    from .splits import name_folds
+
+    k, seed = int(hc["folds"]), int(hc["seed"])
+    labels = np.asarray(labels, dtype=object)
+    out = {}
+    q_fold = name_folds(np.asarray(q_keys, dtype=str), k, seed) if len(q_keys) else np.zeros(0, np.int64)
+    query = np.full((len(x_q), len(x)), -np.inf, np.float32)
+    for role, fold in (("known", photo_folds(photo_keys, labels, id_keys, k, seed)),
+                       ("new", name_folds(id_keys, k, seed))):
+        sims = np.full((len(x), len(x)), -np.inf, np.float32)
+        for f in range(k):
+            rows = fold == f
+            if rows.all() or not (rows.any() or role == "known"):
+                continue
+            head = fit_head(x[~rows], labels[~rows], hc, cache_dir)
+            z = head.project(x)
+            sims[rows] = z[rows] @ z.T
+            if role == "known" and (q_fold == f).any():
+                query[q_fold == f] = head.project(x_q[q_fold == f]) @ z.T
+        np.fill_diagonal(sims, -np.inf)
+        out[role] = sims
+    return out["known"], out["new"], query

@@ -159,9 +159,15 @@ def _one_blas_thread(fn):
 def fit_pair_model(cols: dict[str, np.ndarray], names: tuple[str, ...], same: np.ndarray, query: np.ndarray,
                    group: np.ndarray, method: str = "auto", folds: int = 5, min_gain: float = 0.005,
                    seed: int = 0, max_pairs: int = 400_000, mean_cols: tuple[str, str | None] | None = None,
-                   select: bool = True) -> PairFit:
+                   select: bool = True, group_b: np.ndarray | None = None, fit_mask: np.ndarray | None = None
+                   ) -> PairFit:
     """Fit P(same) on labelled pairs: ``cols {name: [P]}``, ``same [P] bool``, ``query [P]`` (the pseudo-query
     of each pair, for MRR), ``group [P]`` (its identity: the folds). See the module docstring for ``method``.
+
+    ``group_b [P]`` (the candidate photo's identity): a fold's model is then fitted only on pairs with NEITHER
+    identity in that fold, so a pair's reverse never trains the model that predicts it. ``fit_mask [P] bool``:
+    pairs that are predicted out-of-fold but never fitted on (the pretend-new rows, whose true identity is not
+    among their candidates); all by default.
 
     With ``select`` the logistic's columns are chosen first by greedy forward selection on the same CV MRR
     (``select_features``); the other methods use the same columns (``mean`` its own two). Pairs beyond
@@ -172,16 +178,22 @@ def fit_pair_model(cols: dict[str, np.ndarray], names: tuple[str, ...], same: np
     query, group = np.asarray(query), np.asarray(group)
     x = np.column_stack([np.asarray(cols[n], np.float64) for n in names])
     mean_cols = mean_cols or (names[0], None)
-    fit_rows = np.arange(len(same))
-    if len(same) > max_pairs:
+    fit_mask = np.ones(len(same), bool) if fit_mask is None else np.asarray(fit_mask, bool)
+    fit_rows = np.flatnonzero(fit_mask)
+    if len(fit_rows) > max_pairs:
         rng = np.random.default_rng(seed)
-        neg = np.flatnonzero(~same)
+        neg = np.flatnonzero(~same & fit_mask)
         keep = rng.choice(neg, size=max(0, max_pairs - int(same.sum())), replace=False)
-        fit_rows = np.sort(np.r_[np.flatnonzero(same), keep])
+        fit_rows = np.sort(np.r_[np.flatnonzero(same & fit_mask), keep])
     methods = list(METHODS) if method == "auto" else [method]
     if method == "auto":
         methods = [m for m in methods if m != "mean" or mean_cols[1] is not None] or ["logistic"]
     fold = name_folds(group, folds, seed)  # all pairs of one group share a fold, drawn from its key alone
+    if group_b is not None:  # the same key -> fold map for the candidate side
+        both = name_folds(np.r_[np.asarray(group, dtype=str), np.asarray(group_b, dtype=str)], folds, seed)
+        fold, fold_b = both[:len(same)], both[len(same):]
+    else:
+        fold_b = fold
 
     done: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # selection already scored the logistic's final columns
 
@@ -196,11 +208,11 @@ def fit_pair_model(cols: dict[str, np.ndarray], names: tuple[str, ...], same: np
         idx = [names.index(n) for n in use]
         oof = np.zeros(len(same), np.float32)
         for f in np.unique(fold):
-            train, test = fit_rows[fold[fit_rows] != f], fold == f
+            train, test = fit_rows[(fold[fit_rows] != f) & (fold_b[fit_rows] != f)], fold == f
             if len(train):
                 oof[test] = _fit(m, use, x[np.ix_(train, idx)], same[train], seed, mean_cols).predict(
                     {n: x[test, i] for n, i in zip(use, idx)})
-        return reciprocal_ranks(oof, same, query), oof
+        return reciprocal_ranks(oof[fit_mask], same[fit_mask], query[fit_mask]), oof
 
     mean_use = tuple(c for c in mean_cols if c)
     used = select_features(names, lambda use: cv_of("logistic", use)[0], min_gain) if select else names

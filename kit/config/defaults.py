@@ -108,7 +108,14 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "skip_opposite_flanks": Bool(False),
         "seed": Int(0, 0),  # seed of kornia's RANSAC
     },
-    "head": {  # a metric head on the frozen descriptors (kit/head.py, bench/head.py); not yet in the pipeline
+    "head": {  # a metric head on the frozen descriptors, learned from the labelled photos (kit/head.py)
+        # "auto": on where a dataset has min_identities identities with two or more photos; true; false = off (the
+        # head's columns cos:head and rank:head are then absent)
+        "enabled": Rule("auto", "bool", also=("auto",)),
+        "min_identities": Int(8, 2),
+        # cross-fitting: heads trained without one fold of photos (known pseudo-queries) and as many without one fold
+        # of identities (pretend-new ones), 2 x folds + 1 heads in all
+        "folds": Int(4, 2, 20),
         "dim": Int(256, 8, 4096),  # output size of the linear map
         "steps": Int(300, 1, 100000),  # full-batch AdamW steps
         "lr": Float(1e-3, 0, 1, open=True),  # AdamW learning rate

@@ -1,10 +1,14 @@
 """The 2025 task wired: each query gets a known identity or ``new_individual``, per dataset.
 
-Per dataset (``score_dataset``): candidate pairs for every query and every database photo (kit/pipeline/pairs.py),
-local match scores for them (the plan's matchers), and per pipeline a pair model fitted on the database pairs that
-turns each pair into P(same individual). An identity's score is its best photo's P. The open-set decision is
-then chosen on held-out splits of the database (``fit_decisions``), reading the pair model's out-of-fold P, so
-neither tau nor the pair model ever saw the pairs it is judged on, and no query label is read anywhere.
+Per dataset (``dataset_candidates``): candidate pairs for every query and for every database photo twice, once as a
+known pseudo-query (against the database without that photo) and once as a new animal (without its identity),
+local match scores for them (the plan's matchers), the metric head's columns from cross-fitted heads (kit/head.py),
+and per pipeline a pair model fitted on the database pairs that turns each pair into P(same individual). An
+identity's score is its best photo's P. The open-set decision is then chosen on held-out splits of the database
+(``fit_decisions``): a split says which photos play known and which play new queries, and each reads its own
+out-of-fold row, so neither a head, the pair model nor tau ever saw the photo or identity it is judged on, and no
+query label is read anywhere. Where the head is on, the submitted pipeline takes the head's predictions only where
+their held-out estimate is better (``_submit_head``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from .. import metrics, openset, retrieve
 from ..schema import NEW_INDIVIDUAL
 from ..splits import anchors
 from .local import Plan, score_candidates
-from .pairs import FUSED, GLOBAL, candidates, combine, feature_names, fit_models, flanks, probability_matrix
+from .pairs import (FUSED, GLOBAL, HEAD, add_head, candidates, combine, feature_names, fit_models, flanks,
+                    probability_matrix)
 
 
 def final_pipeline(plan: Plan) -> str:
@@ -26,8 +31,13 @@ def final_pipeline(plan: Plan) -> str:
     return FUSED if plan.scorers else GLOBAL
 
 
-def pipelines(plan: Plan) -> list[str]:
-    return [GLOBAL] + ([FUSED] if plan.scorers else [])
+def pipelines(plan: Plan, conf: dict | None = None) -> list[str]:
+    """The pipelines a run scores: global, fused (with local matching), and, unless ``head.enabled=false``, the
+    submitted one with the metric head's columns too (``<pipeline>+head``)."""
+    out = [GLOBAL] + ([FUSED] if plan.scorers else [])
+    if conf is not None and conf["head"]["enabled"] is not False:
+        out.append(final_pipeline(plan) + HEAD)
+    return out
 
 
 @dataclass
@@ -39,7 +49,8 @@ class DatasetScores:
     cos_db: np.ndarray  # [N, N] mean cosine among database photos (diagonal -inf)
     cos_q: np.ndarray  # [Q, N]
     cos_qq: np.ndarray  # [Q, Q] among the queries (for the query-side open-set evidence)
-    db: dict[str, np.ndarray] = field(default_factory=dict)
+    db: dict[str, np.ndarray] = field(default_factory=dict)  # pipeline -> [N, N]: each photo as a known query
+    new: dict[str, np.ndarray] = field(default_factory=dict)  # pipeline -> [N, N]: as a new animal (own identity -inf)
     q: dict[str, np.ndarray] = field(default_factory=dict)
     models: dict[str, object] = field(default_factory=dict)  # pipeline -> PairFit
 
@@ -52,47 +63,94 @@ def _evidence(sims: np.ndarray, labels: np.ndarray, conf: dict) -> dict:
             "score": id_scores[np.arange(len(top)), top]}
 
 
+def head_on(dbf: pd.DataFrame, hc: dict) -> tuple[bool, str]:
+    """Whether a dataset gets a metric head (``head.enabled``; ``auto``: at least ``head.min_identities``
+    identities with two or more photos, what ArcFace and the photo folds need), and why, for the log."""
+    n = int((dbf["identity"].value_counts() >= 2).sum())
+    if hc["enabled"] is False:
+        return False, "head.enabled=false"
+    if hc["enabled"] == "auto" and n < int(hc["min_identities"]):
+        return False, f"{n} identities with two or more photos (head.min_identities={hc['min_identities']})"
+    return True, f"{n} identities with two or more photos"
+
+
+def dataset_candidates(dbf: pd.DataFrame, qf: pd.DataFrame, ed: dict, eq: dict, conf: dict, plan: Plan) -> dict:
+    """One dataset's candidate tables, every column filled: ``db`` (each database photo as a known pseudo-query:
+    against the database without that photo, head columns from a head that never saw the photo), ``new`` (as a
+    new animal: against the database without its whole identity, from a head that never saw that identity) and
+    ``q`` (the queries), each a Candidates; ``cdb [N, D]`` / ``cq [Q, D]`` the descriptors side by side; ``keys
+    [N]`` each row's identity key (``splits.anchors``).
+
+    ``db`` and ``new`` rows see a gallery the size of the real one, with candidates, ranks and identity-weighted
+    scores of their own, so a pretend-new identity's photos take no slot and no rank anywhere in its rows (a
+    held-out split's smaller gallery made pseudo-queries easier than real ones, issue 18)."""
+    from ..cache import cache_root
+    from ..head import cross_fitted
+
+    rc, topk, hc = conf["rerank"], conf["retrieve"]["topk"], conf["head"]
+    labels = dbf["identity"].to_numpy(dtype=object)
+    own = labels[:, None] == labels[None, :]  # [N, N]: a pretend-new photo sees none of its identity
+    fl_db, fl_q = flanks(dbf), flanks(qf)
+    k = len(dbf) if topk == "all" else int(topk)
+    per = int(rc["per_identity"])
+    out = {"db": candidates(ed, ed, labels, k, per, True, fl_db, fl_db),
+           "new": candidates(ed, ed, labels, k, per, True, fl_db, fl_db, exclude=own),
+           "q": candidates(eq, ed, labels, k, per, False, fl_q, fl_db)}
+    anchor = anchors(dbf)  # folds are drawn by a key of each identity's photos: a rename moves nothing
+    keys = np.array([anchor[x] for x in labels], dtype=object)
+    cdb, cq = combine(ed), combine(eq)
+    name = dbf["dataset"].iloc[0] if "dataset" in dbf.columns and len(dbf) else "dataset"
+    use_head, why = head_on(dbf, hc)
+    if hc["enabled"] is not False:
+        print(f"head: {name}: {'on' if use_head else 'off'} ({why})", flush=True)
+    if use_head:
+        key_of = lambda f: (f["image_id"] if "image_id" in f.columns else f["filepath"]).astype(str).to_numpy()  # noqa: E731
+        h_db, h_new, h_q = cross_fitted(cdb, labels, key_of(dbf), keys, hc, cq, key_of(qf), cache_root(conf["cache"]))
+        h_new[own] = -np.inf
+        for part, sims in (("db", h_db), ("new", h_new), ("q", h_q)):
+            add_head(out[part], sims)
+    if plan.scorers:
+        paths = dbf["filepath"].tolist()
+        for part, qpaths in (("db", paths), ("new", paths), ("q", qf["filepath"].tolist())):
+            cand = out[part]
+            skip = np.zeros(cand.index.shape, bool)
+            skip[:, plan.topk:] = True  # candidates past the plan's shortlist keep their global evidence only
+            if rc["skip_opposite_flanks"]:
+                skip |= cand.cols["flank_opposite"] > 0
+            score_candidates(plan, cand, qpaths, paths, labels, conf, skip)
+    return {**out, "cdb": cdb, "cq": cq, "keys": keys}
+
+
 def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, conf: dict, plan: Plan
                    ) -> dict[str, DatasetScores]:
-    """``score_dataset`` for every dataset with database photos; pair models fitted per dataset (pooled where a
-    dataset is too small, kit/pipeline/pairs.py fit_models)."""
-    rc, topk = conf["rerank"], conf["retrieve"]["topk"]
+    """Every dataset with database photos scored (``dataset_candidates``), with pair models fitted per dataset
+    (pooled where a dataset is too small, kit/pipeline/pairs.py fit_models) on the known pseudo-queries' pairs; the
+    pretend-new rows are predicted by the fold models that never saw their identity."""
     tables, built = {}, {}
     for name in sorted(db["dataset"].unique()):
         dm, qm = (db["dataset"] == name).to_numpy(), (q["dataset"] == name).to_numpy()
-        ed = {d: e[dm] for d, e in embs_db.items()}
-        eq = {d: e[qm] for d, e in embs_q.items()}
         dbf, qf = db[dm].reset_index(drop=True), q[qm].reset_index(drop=True)
-        labels = dbf["identity"].to_numpy(dtype=object)
-        fl_db, fl_q = flanks(dbf), flanks(qf)
-        k = len(dbf) if topk == "all" else int(topk)
-        cand_db = candidates(ed, ed, labels, k, int(rc["per_identity"]), True, fl_db, fl_db)
-        cand_q = candidates(eq, ed, labels, k, int(rc["per_identity"]), False, fl_q, fl_db)
-        if plan.scorers:
-            paths = dbf["filepath"].tolist()
-            for cand, qpaths in ((cand_db, paths), (cand_q, qf["filepath"].tolist())):
-                skip = np.zeros(cand.index.shape, bool)
-                skip[:, plan.topk:] = True  # candidates past the plan's shortlist keep their global evidence only
-                if rc["skip_opposite_flanks"]:
-                    skip |= cand.cols["flank_opposite"] > 0
-                score_candidates(plan, cand, qpaths, paths, labels, conf, skip)
-        cdb, cq = combine(ed), combine(eq)
-        cos_db = cdb @ cdb.T
+        t = dataset_candidates(dbf, qf, {d: e[dm] for d, e in embs_db.items()},
+                               {d: e[qm] for d, e in embs_q.items()}, conf, plan)
+        cos_db = t["cdb"] @ t["cdb"].T
         np.fill_diagonal(cos_db, -np.inf)
-        built[name] = (DatasetScores(dbf, cos_db, cq @ cdb.T, cq @ cq.T), cand_db, cand_q)
-        anchor = anchors(dbf)  # folds are drawn by a key of each identity's photos: a rename moves nothing
-        tables[name] = (cand_db, np.array([anchor[x] for x in labels], dtype=object))
-    for pipe in pipelines(plan):
+        built[name] = (DatasetScores(dbf, cos_db, t["cq"] @ t["cdb"].T, t["cq"] @ t["cq"].T), t)
+        tables[name] = (t["db"], t["keys"], t["new"])
+    for pipe in pipelines(plan, conf):
         fits = fit_models(tables, pipe, conf["pairmodel"])
-        for name, (scores, cand_db, cand_q) in built.items():
+        for name, (scores, t) in built.items():
             fit = fits[name]
             n = len(scores.db_frame)
-            scores.db[pipe] = probability_matrix(cand_db, fit.oof, n, scores.cos_db)
-            p_q = fit.model.predict({c: v for c, v in cand_q.flat().items()
-                                     if c in feature_names(cand_q.cols, pipe)})
-            scores.q[pipe] = probability_matrix(cand_q, p_q, n, scores.cos_q)
+            n_db = int(t["db"].valid.sum())
+            scores.db[pipe] = probability_matrix(t["db"], fit.oof[:n_db], n, scores.cos_db)
+            own = scores.db_frame["identity"].to_numpy(dtype=object)
+            hidden = np.where(own[:, None] == own[None, :], -np.inf, scores.cos_db)
+            scores.new[pipe] = probability_matrix(t["new"], fit.oof[n_db:], n, hidden)
+            p_q = fit.model.predict({c: v for c, v in t["q"].flat().items()
+                                     if c in feature_names(t["q"].cols, pipe)})
+            scores.q[pipe] = probability_matrix(t["q"], p_q, n, scores.cos_q)
             scores.models[pipe] = fit
-    return {name: s for name, (s, _, _) in built.items()}
+    return {name: s for name, (s, _) in built.items()}
 
 
 def _features(ev: dict, cos: np.ndarray, cos_qq: np.ndarray | None, conf: dict) -> dict[str, np.ndarray]:
@@ -145,7 +203,7 @@ def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> d
     (openset.Scorer), "n_unknown", "n_known" (held-out query images, all splits), "n_splits",
     "unknown_share" (estimate for the real queries), "query_fraction", "calibration" (openset.fit_decision)}}}.
     """
-    oc, pipes = conf["openset"], pipelines(plan)
+    oc, pipes = conf["openset"], pipelines(plan, conf)
     out: dict[str, dict] = {}
     for name, sc in scores.items():
         if oc["threshold"] != "auto":
@@ -169,15 +227,20 @@ def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> d
             continue
         labels = part["identity"].to_numpy(dtype=object)
         anchor = anchors(part)
+        # each pseudo-query reads its own row: against the whole database without its photo (a known one) or
+        # without its identity (a new one), as score_datasets built them; a split only says who plays which
+        cos_new = np.where(labels[:, None] == labels[None, :], -np.inf, sc.cos_db)
         pooled: dict[str, dict[str, list]] = {p: {} for p in pipes}
         lab: dict[str, list] = {"unknown": [], "identity": [], "group": []}
         for r, s in enumerate(splits):
             qi = s.loc[s["split"] == "query", "_row"].to_numpy()
-            di = s.loc[s["split"] == "database", "_row"].to_numpy()
+            new = s.loc[s["split"] == "query", "new_identity"].to_numpy(bool)[:, None]
             truth = labels[qi]
-            cos = sc.cos_db[np.ix_(qi, di)]
+            cos = np.where(new, cos_new[qi], sc.cos_db[qi])
             for pipe in pipes:
-                ev = _evidence(sc.db[pipe][np.ix_(qi, di)], labels[di], conf)
+                # -3 lies below every P and every -2 + cosine: the hidden photos (itself, or its identity) only fill
+                # their identity's score, which can then never be the top one
+                ev = _evidence(np.maximum(np.where(new, sc.new[pipe][qi], sc.db[pipe][qi]), -3.0), labels, conf)
                 for f, v in _features(ev, cos, sc.cos_db[np.ix_(qi, qi)], conf).items():
                     pooled[pipe].setdefault(f, []).append(v)
                 pooled[pipe].setdefault("_correct", []).append(ev["top_identity"] == truth)
@@ -209,7 +272,7 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, con
     """
     scores = score_datasets(db, q, embs_db, embs_q, conf, plan)
     thresholds = fit_decisions(scores, conf, plan)
-    pipes = pipelines(plan)
+    pipes = pipelines(plan, conf)
     preds = {p: pd.Series(NEW_INDIVIDUAL, index=q.index, dtype=object) for p in pipes}
     details: dict[str, dict] = {}
     for name, qpart in q.groupby("dataset", sort=True):
@@ -229,10 +292,37 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, con
             preds[pipe].loc[qpart.index] = openset.decide(ev["top_identity"], score, th["tau"])
             details[name][pipe] = {**th, "evidence": ev, "query_index": qpart.index.to_numpy(),
                                    "features": feats, "openset_score": score}
+    _submit_head(preds, details, pipes, final_pipeline(plan), conf["openset"]["min_gain"])
     out = {p: pd.DataFrame({"image_id": q["image_id"].to_numpy(), "identity": s.to_numpy()}) for p, s in preds.items()}
     for frame in out.values():
         assert len(frame) == len(q) and (frame["image_id"].to_numpy() == q["image_id"].to_numpy()).all()
     return out, details
+
+
+def _submit_head(preds: dict, details: dict, pipes: list[str], final: str, min_gain: float) -> None:
+    """Per dataset, the submitted pipeline takes its ``+head`` twin's predictions where the twin's held-out score
+    estimate (honest: every head, pair model and tau there was judged on photos and identities it never saw) beats
+    its own by ``openset.min_gain``; the head-free ones stay reported as ``<final>-no-head``. On nyala the head
+    lifted R-1 1.2-1.9x, yet its tau landed worse on three seeds of four (bench/README.md), so it is not forced."""
+    twin = final + HEAD
+    if twin not in pipes:
+        return
+    free = final + "-no-head"
+    preds[free] = preds[final].copy()
+    for name, per in details.items():
+        per[free] = per[final]
+        with_head, without = per[twin].get("heldout_score"), per[final].get("heldout_score")
+        use = (with_head is not None and without is not None and np.isfinite(with_head) and np.isfinite(without)
+               and with_head > without + min_gain)
+        why = (f"held-out estimate {with_head:.3f} with the head, {without:.3f} without (openset.min_gain "
+               f"{min_gain})" if with_head is not None and without is not None else "no held-out estimate")
+        print(f"head: {name}: {'submitted' if use else 'not submitted'}: {why}", flush=True)
+        if use:
+            idx = per[twin]["query_index"]
+            preds[final].loc[idx] = preds[twin].loc[idx]
+            per[final] = {**per[twin], "head": f"submitted: {why}"}
+        else:
+            per[final] = {**per[final], "head": f"not submitted: {why}"}
 
 
 def validate_identification(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFrame, embs: dict, conf: dict,

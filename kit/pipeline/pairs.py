@@ -22,6 +22,7 @@ from ..retrieve import dedup_shortlist
 from ..schema import flank
 
 GLOBAL, FUSED = "global", "fused"
+HEAD = "+head"  # suffix of a pipeline that also reads the metric head's columns (kit/head.py)
 
 
 def combine(embs: dict[str, np.ndarray]) -> np.ndarray:
@@ -57,11 +58,14 @@ class Candidates:
 
 
 def candidates(embs_q: dict[str, np.ndarray], embs_db: dict[str, np.ndarray], labels_db: np.ndarray, k: int,
-               per_identity: int, exclude_self: bool, flank_q, flank_db) -> Candidates:
+               per_identity: int, exclude_self: bool, flank_q, flank_db, exclude: np.ndarray | None = None
+               ) -> Candidates:
     """The shortlist of each row of ``embs_q`` in the database, with the global and flank columns filled.
 
     ``embs_*``: {descriptor: [R, D] / [N, D]} L2-normalised; ``exclude_self``: the rows ARE the database (pseudo-
-    queries), so row i never lists itself. ``k``: shortlist length (N or more = every photo).
+    queries), so row i never lists itself. ``exclude [R, N] bool``: database photos a row must not see at all (a
+    pretend-new photo's own identity): never listed, and not counted in any rank. ``k``: shortlist length (N or
+    more = every photo).
     """
     names = list(embs_db)
     sims = {d: embs_q[d] @ embs_db[d].T for d in names}  # [R, N] each
@@ -69,6 +73,9 @@ def candidates(embs_q: dict[str, np.ndarray], embs_db: dict[str, np.ndarray], la
     if exclude_self:
         for s in (mean, *sims.values()):
             np.fill_diagonal(s, -np.inf)
+    if exclude is not None:
+        for s in (mean, *sims.values()):
+            s[exclude] = -np.inf
     n = mean.shape[1]
     index = dedup_shortlist(mean, labels_db, min(k, n), per_identity)
     out = Candidates(index)
@@ -81,6 +88,15 @@ def candidates(embs_q: dict[str, np.ndarray], embs_db: dict[str, np.ndarray], la
     out.cols["flank_same"] = (known & (fq[:, None] == fd)).astype(np.float32)
     out.cols["flank_opposite"] = (known & (fq[:, None] != fd)).astype(np.float32)
     return out
+
+
+def add_head(cand: Candidates, sims: np.ndarray) -> None:
+    """Put the metric head's columns into ``cand``: ``cos:head`` and ``rank:head`` from ``sims [R, N] float32``,
+    each row's cosines in the space of a head that never saw that row's photo (kit/head.py ``cross_fitted``);
+    -inf marks photos the row must not see (itself, or its own identity when it plays a new animal)."""
+    safe = np.clip(cand.index, 0, None)
+    cand.cols["cos:head"] = np.where(cand.valid, np.take_along_axis(sims, safe, 1), 0).astype(np.float32)
+    cand.cols["rank:head"] = _ranks(sims, cand.index)
 
 
 def add_local(cand: Candidates, name: str, scores: dict[str, np.ndarray], done: np.ndarray,
@@ -105,9 +121,11 @@ def add_local(cand: Candidates, name: str, scores: dict[str, np.ndarray], done: 
 
 
 def feature_names(cols: dict[str, np.ndarray], pipeline: str) -> tuple[str, ...]:
-    """The columns a pipeline's pair model reads: global ones only, or all."""
+    """The columns a pipeline's pair model reads: global ones only, or all; the head's only in a ``+head`` one."""
     glob = ("cos:", "rank:", "flank_")
-    return tuple(n for n in cols if pipeline == FUSED or n.startswith(glob))
+    base = pipeline.removesuffix(HEAD)
+    return tuple(n for n in cols if (base == FUSED or n.startswith(glob))
+                 and (pipeline.endswith(HEAD) or not n.endswith(":head")))
 
 
 def mean_columns(names: tuple[str, ...]) -> tuple[str, str | None]:
@@ -117,34 +135,43 @@ def mean_columns(names: tuple[str, ...]) -> tuple[str, str | None]:
     return cos, local
 
 
-def fit_models(tables: dict[str, tuple[Candidates, np.ndarray]], pipeline: str, pc: dict
-               ) -> dict[str, PairFit]:
+def fit_models(tables: dict[str, tuple], pipeline: str, pc: dict) -> dict[str, PairFit]:
     """One pair model per dataset for ``pipeline``, fitted on its database candidates; a dataset too small to fit
     its own (fewer than ``pairmodel.min_identities`` identities with a true candidate, or fewer than
     ``pairmodel.min_positive`` true pairs) gets the model pooled over all datasets, and says so.
 
-    ``tables``: {dataset: (its database Candidates, labels [N] of its database rows)}. Returns {dataset: PairFit}
-    whose ``oof`` covers that dataset's valid candidates, row-major.
+    ``tables``: {dataset: (its database Candidates, identity keys [N] of its database rows[, the pretend-new
+    Candidates of the same rows])}. The model is fitted on the first; the pretend-new rows are only predicted, each
+    by the fold model that never saw its identity. Folds are identity-strict: a fold's model never fitted a pair
+    with either photo's identity in that fold. Returns {dataset: PairFit} whose ``oof`` covers that dataset's valid
+    candidates, row-major, the database rows' first and then the pretend-new rows'.
     """
-    flat, same, query, group = {}, {}, {}, {}
-    for ds, (cand, labels) in tables.items():
-        ok = cand.valid
-        rows = np.broadcast_to(np.arange(len(ok))[:, None], ok.shape)[ok]
-        flat[ds] = cand.flat()
-        same[ds] = labels[rows] == labels[cand.index[ok]]
-        query[ds] = np.array([f"{ds}/{r}" for r in rows], dtype=object)
-        group[ds] = np.array([f"{ds}/{labels[r]}" for r in rows], dtype=object)
+    flat, same, query, group, group_b, fitted = {}, {}, {}, {}, {}, {}
+    for ds, table in tables.items():
+        labels = table[1]
+        parts = [("", table[0], True)] + ([("new", table[2], False)] if len(table) > 2 else [])
+        cols, cat = [], {k: [] for k in ("same", "query", "group", "group_b", "fitted")}
+        for tag, cand, fit_on in parts:
+            ok = cand.valid
+            rows = np.broadcast_to(np.arange(len(ok))[:, None], ok.shape)[ok]
+            cols.append(cand.flat())
+            cat["same"].append(labels[rows] == labels[cand.index[ok]])
+            cat["query"].append(np.array([f"{ds}/{tag}{r}" for r in rows], dtype=object))
+            cat["group"].append(np.array([f"{ds}/{labels[r]}" for r in rows], dtype=object))
+            cat["group_b"].append(np.array([f"{ds}/{x}" for x in labels[cand.index[ok]]], dtype=object))
+            cat["fitted"].append(np.full(len(rows), fit_on))
+        flat[ds] = {n: np.concatenate([c[n] for c in cols]) for n in cols[0]}
+        same[ds], query[ds], group[ds], group_b[ds], fitted[ds] = (np.concatenate(cat[k]) for k in cat)
 
     def fit(names_of: list[str]) -> PairFit:
         cols = {n: np.concatenate([flat[d][n] for d in names_of]) for n in flat[names_of[0]]}
         names = feature_names(cols, pipeline)
         if pc["features"] not in ("auto", "all"):
             names = tuple(n for n in names if n.startswith(tuple(pc["features"]))) or names
-        return fit_pair_model(cols, names, np.concatenate([same[d] for d in names_of]),
-                              np.concatenate([query[d] for d in names_of]),
-                              np.concatenate([group[d] for d in names_of]), pc["method"], pc["cv_folds"],
+        cat = lambda part: np.concatenate([part[d] for d in names_of])  # noqa: E731
+        return fit_pair_model(cols, names, cat(same), cat(query), cat(group), pc["method"], pc["cv_folds"],
                               pc["min_gain"], pc["seed"], pc["max_pairs"], mean_columns(names),
-                              select=pc["features"] == "auto")
+                              select=pc["features"] == "auto", group_b=cat(group_b), fit_mask=cat(fitted))
 
     def big_enough(ds: str) -> bool:
         s = same[ds]
