@@ -170,7 +170,7 @@ def cmd_submit(args) -> int:
         print(f"{name}: open-set score {score_name}, tau={'n/a' if tau is None else f'{tau:.4f}'}  "
               f"held-out score estimate="
               f"{'n/a' if est is None or est != est else f'{est:.4f}'}  {NEW_INDIVIDUAL} {new.get(name, 0)}"
-              f"/{int((q == name).sum())}")
+              f"/{int((q == name).sum())}" + (f"  head {det['head']}" if det.get("head") else ""))
     print(f"wrote {len(out)} predictions to {args.out}")
     return 0
 
@@ -188,10 +188,10 @@ def _print_cluster_table(result: dict) -> None:
 def _print_identification_table(result: dict) -> None:
     names = ["R-1", "R-5", "R-20", "mAP", "shortlist_recall", "BAKS", "BAUS", "score"]
     shown = [n.replace("shortlist_recall", "recall") for n in names]  # recall: true identity among the candidates
-    print(f"{'dataset':<20} {'pipeline':<9} " + " ".join(f"{n:>6}" for n in shown))
+    print(f"{'dataset':<20} {'pipeline':<13} " + " ".join(f"{n:>6}" for n in shown))
     for ds, pipes in result.items():
         for pipe, m in pipes.items():
-            print(f"{ds:<20} {pipe:<9} " + " ".join(f"{m.get(n, float('nan')):6.3f}" for n in names))
+            print(f"{ds:<20} {pipe:<13} " + " ".join(f"{m.get(n, float('nan')):6.3f}" for n in names))
 
 
 def cmd_validate(args) -> int:

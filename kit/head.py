@@ -8,9 +8,11 @@ Measured on held-out photos of four species (issue 18), such a head lifted R-1 1
 ``Head.project(x) -> [N, d] float32`` (L2-normalised) maps any photo into its space. A head is deterministic
 (seeded, full-batch) and cached by its inputs.
 
-Not yet wired into the pipeline (issue 18): a head must be judged only on identities it never saw, so every
-calibration split needs its own head trained on that split's gallery alone, and the calibration that does so is not
-yet as honest as today's. ``bench/head.py`` measures a head on a validation split (bench/README.md).
+In the pipeline (kit/pipeline/identification.py) the head's cosine is one more pair column (``cos:head``, with
+``rank:head``) of the ``<pipeline>+head`` pipeline, and every row is judged by a head that never saw it:
+``cross_fitted`` trains ``head.folds`` heads each without one fold of photos (for known pseudo-queries, and for the
+real queries, so that both see the same kind of head) and as many without one fold of identities (for pretend-new
+ones). ``bench/head.py`` measures a head alone on a validation split (bench/README.md).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def _key(x: np.ndarray, labels: np.ndarray, hc: dict) -> str:
     h = hashlib.sha1()
     h.update(np.ascontiguousarray(x, np.float32).tobytes())
     h.update("\x1f".join(map(str, labels)).encode())
-    h.update(repr(sorted((k, v) for k, v in hc.items() if k not in ("enabled", "min_identities", "device", "folds"))).encode())
+    skip = ("enabled", "min_identities", "device", "folds")  # settings that do not change a head's weights
+    h.update(repr(sorted((k, v) for k, v in hc.items() if k not in skip)).encode())
     return h.hexdigest()[:20]
 
 
@@ -103,8 +106,10 @@ def fit_head(x: np.ndarray, labels: np.ndarray, hc: dict, cache_dir: Path | None
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, head.weight)
-        except OSError:
-            pass  # a cache that cannot be written costs a retrain next time, nothing else
+        except OSError as exc:  # a cache that cannot be written costs a retrain next time: warned once, no more
+            from .cache import write_failed
+
+            write_failed(path.parent, exc)
     return head
 
 

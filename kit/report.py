@@ -85,6 +85,7 @@ def openset_analysis(details: dict, solution: pd.DataFrame) -> dict:
                                   "true": _num(unknown.mean()) if len(unknown) else None},
                 "query_fraction": _num(det.get("query_fraction")),
                 "candidates": cands, "note": det.get("note"),
+                "head": det.get("head"),  # the submitted pipeline only: whether it took the head's predictions, and why
                 "pair_model": det.get("pair_model"),  # method, weights or gain, CV MRR per method (write_json: strict)
                 "_plot": {"score": s, "unknown": unknown, "correct": correct, "curve": (taus, bk, bu),
                           "cal_curve": cal.get("curve")},

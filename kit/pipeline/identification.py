@@ -31,13 +31,14 @@ def final_pipeline(plan: Plan) -> str:
     return FUSED if plan.scorers else GLOBAL
 
 
-def pipelines(plan: Plan, conf: dict | None = None) -> list[str]:
-    """The pipelines a run scores: global, fused (with local matching), and, unless ``head.enabled=false``, the
-    submitted one with the metric head's columns too (``<pipeline>+head``)."""
-    out = [GLOBAL] + ([FUSED] if plan.scorers else [])
-    if conf is not None and conf["head"]["enabled"] is not False:
-        out.append(final_pipeline(plan) + HEAD)
-    return out
+def pipelines(plan: Plan, head: bool = False) -> list[str]:
+    """The pipelines a run scores: global, fused (with local matching), and where some dataset has a metric head
+    (``head_on``), the submitted one with the head's columns too (``<pipeline>+head``)."""
+    return [GLOBAL] + ([FUSED] if plan.scorers else []) + ([final_pipeline(plan) + HEAD] if head else [])
+
+
+def _any_head(scores: dict) -> bool:
+    return any(s.head_q is not None for s in scores.values())
 
 
 @dataclass
@@ -53,6 +54,7 @@ class DatasetScores:
     new: dict[str, np.ndarray] = field(default_factory=dict)  # pipeline -> [N, N]: as a new animal (own identity -inf)
     q: dict[str, np.ndarray] = field(default_factory=dict)
     models: dict[str, object] = field(default_factory=dict)  # pipeline -> PairFit
+    head_q: np.ndarray | None = None  # [Q, N] the queries' head cosines (kit/head.py cross_fitted); None: no head
 
 
 def _evidence(sims: np.ndarray, labels: np.ndarray, conf: dict) -> dict:
@@ -104,8 +106,9 @@ def dataset_candidates(dbf: pd.DataFrame, qf: pd.DataFrame, ed: dict, eq: dict, 
     if hc["enabled"] is not False:
         print(f"head: {name}: {'on' if use_head else 'off'} ({why})", flush=True)
     if use_head:
-        key_of = lambda f: (f["image_id"] if "image_id" in f.columns else f["filepath"]).astype(str).to_numpy()  # noqa: E731
-        h_db, h_new, h_q = cross_fitted(cdb, labels, key_of(dbf), keys, hc, cq, key_of(qf), cache_root(conf["cache"]))
+        key_of = lambda f: f.get("image_id", f["filepath"]).astype(str).to_numpy()  # noqa: E731
+        h_db, h_new, h_q = cross_fitted(cdb, labels, key_of(dbf), keys, hc, cq, key_of(qf),
+                                        cache_root(conf["cache"]))
         h_new[own] = -np.inf
         for part, sims in (("db", h_db), ("new", h_new), ("q", h_q)):
             add_head(out[part], sims)
@@ -118,7 +121,7 @@ def dataset_candidates(dbf: pd.DataFrame, qf: pd.DataFrame, ed: dict, eq: dict, 
             if rc["skip_opposite_flanks"]:
                 skip |= cand.cols["flank_opposite"] > 0
             score_candidates(plan, cand, qpaths, paths, labels, conf, skip)
-    return {**out, "cdb": cdb, "cq": cq, "keys": keys}
+    return {**out, "cdb": cdb, "cq": cq, "keys": keys, "head_q": h_q if use_head else None}
 
 
 def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, conf: dict, plan: Plan
@@ -134,9 +137,9 @@ def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dic
                                {d: e[qm] for d, e in embs_q.items()}, conf, plan)
         cos_db = t["cdb"] @ t["cdb"].T
         np.fill_diagonal(cos_db, -np.inf)
-        built[name] = (DatasetScores(dbf, cos_db, t["cq"] @ t["cdb"].T, t["cq"] @ t["cq"].T), t)
+        built[name] = (DatasetScores(dbf, cos_db, t["cq"] @ t["cdb"].T, t["cq"] @ t["cq"].T, head_q=t["head_q"]), t)
         tables[name] = (t["db"], t["keys"], t["new"])
-    for pipe in pipelines(plan, conf):
+    for pipe in pipelines(plan, any(t["head_q"] is not None for _, t in built.values())):
         fits = fit_models(tables, pipe, conf["pairmodel"])
         for name, (scores, t) in built.items():
             fit = fits[name]
@@ -203,7 +206,7 @@ def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> d
     (openset.Scorer), "n_unknown", "n_known" (held-out query images, all splits), "n_splits",
     "unknown_share" (estimate for the real queries), "query_fraction", "calibration" (openset.fit_decision)}}}.
     """
-    oc, pipes = conf["openset"], pipelines(plan, conf)
+    oc, pipes = conf["openset"], pipelines(plan, _any_head(scores))
     out: dict[str, dict] = {}
     for name, sc in scores.items():
         if oc["threshold"] != "auto":
@@ -272,7 +275,7 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, con
     """
     scores = score_datasets(db, q, embs_db, embs_q, conf, plan)
     thresholds = fit_decisions(scores, conf, plan)
-    pipes = pipelines(plan, conf)
+    pipes = pipelines(plan, _any_head(scores))
     preds = {p: pd.Series(NEW_INDIVIDUAL, index=q.index, dtype=object) for p in pipes}
     details: dict[str, dict] = {}
     for name, qpart in q.groupby("dataset", sort=True):
@@ -287,6 +290,8 @@ def identify(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dict, con
         for pipe in pipes:
             th = thresholds[name][pipe]
             ev = _evidence(sc.q[pipe], labels, conf)
+            if pipe.endswith(HEAD) and sc.head_q is not None:
+                ev["head_cos"] = sc.head_q
             feats = _features(ev, sc.cos_q, sc.cos_qq, conf)
             score = sc.cos_q.max(axis=1) if th.get("score_on") == "cosine" else th["scorer"](feats)
             preds[pipe].loc[qpart.index] = openset.decide(ev["top_identity"], score, th["tau"])

@@ -99,6 +99,7 @@ def identification_page(dataset: str, queries: pd.DataFrame, db: pd.DataFrame, e
     decision = np.asarray(decision, dtype=object)
     score = np.asarray(openset_score if openset_score is not None else np.full(q, np.nan), np.float64)
     photos = PhotoIndex()
+    head_cos = None if evidence is None else evidence.get("head_cos")  # [Q, N] when the head was submitted
     if evidence is not None:
         sims = np.asarray(evidence["sims"], np.float32)  # [Q, N]
         identities = np.asarray(evidence["identities"], dtype=object)  # [I]
@@ -136,6 +137,8 @@ def identification_page(dataset: str, queries: pd.DataFrame, db: pd.DataFrame, e
             p = float(id_scores[r, top_ids[r, c]])
             cand = {"identity": identities[top_ids[r, c]], "image_id": db_ids[j], "photo": photos(db_paths[j]),
                     "p": round(max(p, 0.0), 4), "listed": bool(p > -1), "cos": None if p > -1 else round(p + 2, 4)}
+            if head_cos is not None:  # the metric head's cosine of the pair, one of the pair model's columns
+                cand["head"] = round(float(head_cos[r, j]), 4)
             m = matches.get((int(r), j))
             if m is not None:
                 cand["matches"] = m

@@ -144,6 +144,7 @@
   function candCaption(c, k) {
     var s = (k + 1) + " · <b>" + esc(c.identity) + "</b> · " +
       (c.listed ? "P " + fmt(c.p, 2) : "cos " + fmt(c.cos, 2) + " (not shortlisted)");
+    if (c.head !== undefined && c.head !== null) { s += " · head cos " + fmt(c.head, 2); }
     if (c.matches) { s += " · " + c.matches.n + " matches"; }
     return s;
   }
