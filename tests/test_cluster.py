@@ -355,3 +355,46 @@ def test_cluster_local_fn_matches_each_photo_with_its_nearest(tiny_2026):
     np.put_along_axis(knn, np.argsort(-sims, axis=1, kind="stable")[:, :2], True, 1)
     assert np.array_equal(done, knn | knn.T)  # exactly the pairs of each photo with its 2 nearest (top views only)
     assert (local[done] >= 0).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The metric head in the clustering (cluster.head_space / head_feature / head_links)
+
+
+def test_head_space_blends_the_two_cosines():
+    rng = np.random.default_rng(0)
+    e, z = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (rng.normal(size=(6, 8)), rng.normal(size=(6, 4))))
+    b = cluster.select.head_space(e, z, 0.3)
+    assert b.shape == (6, 12) and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
+    assert np.allclose(b @ b.T, 0.7 * (e @ e.T) + 0.3 * (z @ z.T), atol=1e-5)
+
+
+@pytest.mark.parametrize("key", ["cluster.head_feature=true", "cluster.head_space=0.5", "cluster.head_links=1"])
+def test_cluster_heads_never_see_the_fold_they_are_judged_on(key):
+    """Each held-out fold's head is trained on its pseudo-train alone, the test's on all train; with every head
+    key off no head is trained at all and the labels are today's."""
+    from kit.head import fit_head
+
+    train, emb_tr, test, emb_te, truth = synthetic(datasets=("A",), test_only=())
+    conf = load_config(overrides=[key, "head.steps=20", "head.dim=16", "head.pca=0"])
+    calls = []
+
+    def head_fn(x, labels):
+        calls.append({tuple(r) for r in np.round(x, 5)})
+        return fit_head(x, labels, conf["head"])
+
+    labels, det = cluster.cluster_competition(train, emb_tr, test, emb_te, conf["cluster"], verbose=False,
+                                              head_fn=head_fn)
+    cc = conf["cluster"]
+    assert len(calls) == cc["heldout_folds"] + 1 and len(calls[0]) == len(train)  # the test's head: all train
+    for f, fold in enumerate(cluster.heldout_folds(train, emb_tr, cc)):
+        seen = {tuple(r) for r in np.round(fold["emb"], 5)}
+        assert calls[1 + f] and not calls[1 + f] & seen  # a fold's head never saw its pseudo-test photos
+    assert adjusted_rand_score(truth, labels) > 0.8
+    assert any(v for v in det["A"]["head"].values())
+    conf_off = load_config()
+    calls.clear()
+    off, det_off = cluster.cluster_competition(train, emb_tr, test, emb_te, conf_off["cluster"], verbose=False,
+                                               head_fn=head_fn)
+    base, _ = cluster.cluster_competition(train, emb_tr, test, emb_te, conf_off["cluster"], verbose=False)
+    assert not calls and list(off) == list(base) and not any(det_off["A"]["head"].values())

@@ -36,9 +36,12 @@ LINK_FEATURES = ("via", "both_known")  # need training identities
 LOCAL_FEATURES = ("local", "local_missing")  # need a local_fn
 
 
+HEAD_FEATURES = ("cos_head", "csls_head")  # need a metric head (cluster.head_feature)
+
+
 # Known direction of a feature's effect on P(same): +1 more means same, -1 less; a fitted coefficient of the other
 # sign (small held-out sets) drops the feature. Unlisted features may go either way.
-SIGNS = {"cos": 1, "csls": 1, "rank": -1, "via": 1, "local": 1}
+SIGNS = {"cos": 1, "csls": 1, "rank": -1, "via": 1, "local": 1, "cos_head": 1, "csls_head": 1}
 
 
 _EPS = 1e-4
@@ -116,13 +119,16 @@ def neighbour_features(cos: np.ndarray, k: int, emb: np.ndarray | None = None,
 
 def pair_features(emb: np.ndarray, orientation=None, *, memberships: csr_matrix | None = None,
                   local: np.ndarray | None = None, neighbours: int = 0,
-                  emb_pool: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  emb_pool: np.ndarray | None = None, emb_head: np.ndarray | None = None,
+                  head_pool: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Pair features of M images, each ``[M, M] float32`` and symmetric.
 
     ``emb: [M, D]`` L2-normalised; ``orientation: [M]`` (None = unknown); ``memberships: [M, I]`` from
     TrainLinker.memberships (adds ``via``, ``both_known``); ``local: [M, M]`` local scores, NaN = not matched
     (adds ``local`` = log1p(score), 0 where missing, and ``local_missing``); ``neighbours > 0`` adds
     ``csls`` and ``rank`` (neighbour_features; ``emb_pool: [N, D]`` train photos join the neighbourhoods).
+    ``emb_head: [M, d]`` the photos in a metric head's space (kit/head.py) adds ``cos_head`` and ``csls_head`` (its
+    neighbourhoods of ``max(neighbours, 5)`` among the photos and ``head_pool: [N, d]``, the train photos there).
     """
     emb = np.ascontiguousarray(emb, np.float32)
     m = len(emb)
@@ -144,6 +150,10 @@ def pair_features(emb: np.ndarray, orientation=None, *, memberships: csr_matrix 
         missing = ~np.isfinite(local)
         feats["local"] = np.where(missing, 0.0, np.log1p(np.maximum(local, 0))).astype(np.float32)
         feats["local_missing"] = missing.astype(np.float32)
+    if emb_head is not None:
+        z = np.ascontiguousarray(emb_head, np.float32)
+        feats["cos_head"] = z @ z.T
+        feats["csls_head"] = neighbour_features(feats["cos_head"], max(neighbours, 5), z, head_pool)["csls"]
     return feats
 
 

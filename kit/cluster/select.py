@@ -10,6 +10,7 @@ datasets, and says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +19,8 @@ import pandas as pd
 from ..errors import ConfigError
 from ..schema import cluster_label
 from ..splits import open_set_split
-from .features import (DIRECT_FEATURES, LINK_FEATURES, LOCAL_FEATURES, NEIGHBOUR_FEATURES, LocalFn, PairModel,
-                       TrainLinker, _linker_pairs, fit_linker, fit_pair_model, pair_features)
+from .features import (DIRECT_FEATURES, HEAD_FEATURES, LINK_FEATURES, LOCAL_FEATURES, NEIGHBOUR_FEATURES, LocalFn,
+                       PairModel, TrainLinker, _linker_pairs, fit_linker, fit_pair_model, pair_features)
 from .constraints import cluster_with_links, constrain, index_links
 from .linkage import CUT_GRID, ari_curve, cluster_matrix
 
@@ -30,12 +31,26 @@ METHODS = ("average", "complete", "components")  # what method="auto" chooses am
 AUTO_MARGIN = 0.01  # method="auto": another method replaces average linkage only with a held-out ARI this much higher
 
 
+# A metric head trainer: (descriptors [N, D] of labelled photos, their identities [N]) -> an object whose
+# ``project([M, D]) -> [M, d]`` maps photos into the head's space (unit rows; kit/head.py's Head), or None where the
+# photos are too few to train one. kit.pipeline.clustering builds one from the head section.
+HeadFn = Callable[[np.ndarray, np.ndarray], object]
+
+
+def head_space(emb: np.ndarray, z: np.ndarray, weight: float) -> np.ndarray:
+    """``[M, D + d] float32`` unit rows whose dot product is ``(1 - weight)`` x the cosine of ``emb [M, D]`` plus
+    ``weight`` x the cosine of ``z [M, d]`` (both unit rows): the frozen and the head's space blended."""
+    w = float(weight)
+    return np.concatenate([np.asarray(emb, np.float32) * np.float32(np.sqrt(1 - w)),
+                           np.asarray(z, np.float32) * np.float32(np.sqrt(w))], 1)
+
+
 def _orientation(frame: pd.DataFrame):
     return frame["orientation"].to_numpy() if "orientation" in frame.columns else None
 
 
-def heldout_folds(train: pd.DataFrame, emb_train: np.ndarray, cc: dict, local_fn: LocalFn | None = None
-                  ) -> list[dict]:
+def heldout_folds(train: pd.DataFrame, emb_train: np.ndarray, cc: dict, local_fn: LocalFn | None = None,
+                  head_fn: HeadFn | None = None) -> list[dict]:
     """Pseudo-test sets cut from one dataset's TRAIN rows, each clustered as the test will be.
 
     ``train``: rows with ``identity`` (one dataset); ``emb_train: [N, D]``. Fold f is
@@ -43,6 +58,9 @@ def heldout_folds(train: pd.DataFrame, emb_train: np.ndarray, cc: dict, local_fn
     its queries (hidden identities' photos and some photos of the others) are the pseudo-test, its database the
     pseudo-train. Returns a list of {"emb", "truth", "orientation", "local", "emb_gallery", "gallery_labels"};
     folds whose pseudo-test has no two photos of one individual are dropped (they cannot rank cuts).
+    ``head_fn``: each fold also gets a head trained on its pseudo-train alone (never on the identities or photos it
+    is judged on), and "head", "head_gallery": its pseudo-test and pseudo-train in that head's space (absent where
+    ``head_fn`` returns None).
     """
     frame = train.reset_index(drop=True).assign(_row=np.arange(len(train)))
     folds = []
@@ -59,6 +77,11 @@ def heldout_folds(train: pd.DataFrame, emb_train: np.ndarray, cc: dict, local_fn
             "local": local_fn(test, emb_t) if local_fn is not None else None,
             "emb_gallery": emb_train[gal["_row"].to_numpy()], "gallery_labels": gal["identity"].to_numpy(dtype=object),
         })
+        if head_fn is not None and len(gal):
+            head = head_fn(folds[-1]["emb_gallery"], folds[-1]["gallery_labels"])
+            if head is not None:
+                folds[-1]["head"] = head.project(emb_t)
+                folds[-1]["head_gallery"] = head.project(folds[-1]["emb_gallery"])
     return folds
 
 
@@ -75,17 +98,36 @@ class ClusterModel:
     note: str = ""  # how the model was obtained when it is not the dataset's own (fallback)
     neighbours: int = 0  # k of the neighbour features (csls, rank); 0 = none
     train_pool: bool = False  # train photos join the neighbourhoods (as they did when the model was fitted)
+    head_space: float = 0.0  # weight of the metric head's cosine in the clustering space (cluster.head_space)
+    head_feature: bool = False  # the head's pair features are in (cluster.head_feature)
+    head_links: float = 0.0  # weight of the head's cosine in the train links' space (cluster.head_links)
 
     def details(self) -> dict:
         return {"method": self.method, "cut": self.cut, "edge_cut": self.edge_cut,
                 "heldout_ARI": self.heldout.get(self.method, float("nan")), "heldout_by_method": dict(self.heldout),
                 "train_links": self.linker is not None, "pair_model": self.pair_model.describe(),
+                "head": {"space": self.head_space, "feature": self.head_feature, "links": self.head_links},
                 **({"note": self.note} if self.note else {})}
 
 
-def _feature_names(links: bool, local: bool, neighbours: int) -> tuple[str, ...]:
+def _feature_names(links: bool, local: bool, neighbours: int, head: bool = False) -> tuple[str, ...]:
     return (DIRECT_FEATURES + (NEIGHBOUR_FEATURES if neighbours > 0 else ()) + (LINK_FEATURES if links else ())
-            + (LOCAL_FEATURES if local else ()))
+            + (LOCAL_FEATURES if local else ()) + (HEAD_FEATURES if head else ()))
+
+
+def _head_use(cc: dict, has_head: bool) -> tuple[float, bool, float]:
+    """(head_space weight, head_feature, head weight of the train links' space) in force: all off without a head."""
+    if not has_head:
+        return 0.0, False, 0.0
+    w = float(cc["head_space"])
+    return w, bool(cc["head_feature"]), float(cc["head_links"]) or w
+
+
+def _spaces(emb, emb_pool, z, z_pool, w: float):
+    """The clustering space of the photos and of the pool (the train photos): blended with the head's at ``w``."""
+    if w <= 0:
+        return emb, emb_pool
+    return head_space(emb, z, w), (None if emb_pool is None else head_space(emb_pool, z_pool, w))
 
 
 def _methods(cc: dict) -> list[str]:
@@ -161,33 +203,38 @@ class HeldoutFit:
     n_photos: int  # pseudo-test photos over all folds (the weight of its own evidence)
 
 
-def _fit_heldout(folds: list[dict], cc: dict, links: bool = True, pool: bool = True, note: str = ""
-                 ) -> HeldoutFit:
+def _fit_heldout(folds: list[dict], cc: dict, links: bool = True, pool: bool = True, note: str = "",
+                 head: bool = True) -> HeldoutFit:
     if not folds:
         raise ValueError("no held-out fold with two photos of one individual")
     k = int(cc["neighbours"])
+    w, head_feat, wl = _head_use(cc, head and all("head" in f for f in folds))
+    spaces = [_spaces(f["emb"], f["emb_gallery"], f.get("head"), f.get("head_gallery"), w) for f in folds]
+    lspaces = [_spaces(f["emb"], f["emb_gallery"], f.get("head"), f.get("head_gallery"), wl) for f in folds]
     linker = None
     if links and cc["train_links"]:
-        pairs = [_linker_pairs(f["emb"], f["truth"], f["emb_gallery"], f["gallery_labels"])
-                 for f in folds if len(f["gallery_labels"])]
+        pairs = [_linker_pairs(e, f["truth"], g, f["gallery_labels"])
+                 for f, (e, g) in zip(folds, lspaces) if len(f["gallery_labels"])]
         if pairs:
             linker = fit_linker(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]),
                                 int(cc["link_topk"]))
     has_local = all(f["local"] is not None for f in folds)
     feats = []
-    for f in folds:
+    for f, (e, g), (le, lg) in zip(folds, spaces, lspaces):
         mem = None
         if linker is not None and len(f["gallery_labels"]):
-            mem = linker.memberships(f["emb"], f["emb_gallery"], f["gallery_labels"])
-        feats.append(pair_features(f["emb"], f["orientation"], memberships=mem, local=f["local"], neighbours=k,
-                                   emb_pool=f["emb_gallery"] if pool else None))
+            mem = linker.memberships(le, lg, f["gallery_labels"])
+        feats.append(pair_features(e, f["orientation"], memberships=mem, local=f["local"], neighbours=k,
+                                   emb_pool=g if pool else None, emb_head=f.get("head") if head_feat else None,
+                                   head_pool=f.get("head_gallery") if pool else None))
     truths = [f["truth"] for f in folds]
     pm = fit_pair_model([{"feats": x, "truth": t} for x, t in zip(feats, truths)],
-                        _feature_names(linker is not None, has_local, k), cc["calibration"], int(cc["max_pairs"]),
-                        int(cc["seed"]))
+                        _feature_names(linker is not None, has_local, k, head_feat), cc["calibration"],
+                        int(cc["max_pairs"]), int(cc["seed"]))
     probs = [pm.predict(x) for x in feats]
     sizes = [len(t) for t in truths]
-    model = ClusterModel(pm, "average", 0.5, None, linker, {}, note=note, neighbours=k, train_pool=pool)
+    model = ClusterModel(pm, "average", 0.5, None, linker, {}, note=note, neighbours=k, train_pool=pool,
+                         head_space=w, head_feature=head_feat, head_links=wl)
     return HeldoutFit(model, method_curves(probs, truths, cc), int(sum(sizes)))
 
 
@@ -215,7 +262,7 @@ def fit_fallback_model(folds_by_dataset: dict[str, list[dict]], cc: dict) -> Clu
     folds = [f for fs in folds_by_dataset.values() for f in fs]
     names = ", ".join(sorted(folds_by_dataset))
     try:
-        fit = _fit_heldout(folds, cc, links=False, pool=False,
+        fit = _fit_heldout(folds, cc, links=False, pool=False, head=False,
                            note=f"no training identities: pair model, method and cut fitted on {names} (fallback)")
     except ValueError:
         return None
@@ -224,20 +271,30 @@ def fit_fallback_model(folds_by_dataset: dict[str, list[dict]], cc: dict) -> Clu
 
 def predict_clusters(model: ClusterModel, emb: np.ndarray, orientation=None, *, emb_train: np.ndarray | None = None,
                      train_labels: np.ndarray | None = None, local: np.ndarray | None = None,
-                     links: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     links: tuple[np.ndarray, np.ndarray] | None = None,
+                     head: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cluster M images of one dataset with a fitted model.
 
     ``emb: [M, D]``; ``emb_train: [N, D]`` and ``train_labels: [N]`` are the gallery of train links (used when
     the model has a linker). ``links``: ``(must [K, 2], cannot [L, 2])`` row pairs that the labels honour
-    (kit/cluster/constraints.py; P is 1 / 0 there). Returns (``labels: [M] int64``, ``prob: [M, M] float32``).
+    (kit/cluster/constraints.py; P is 1 / 0 there). ``head``: ``(z [M, d], z_train [N, d])`` the photos and the
+    train photos in the metric head's space, needed when the model reads it (``head_space`` / ``head_feature``).
+    Returns (``labels: [M] int64``, ``prob: [M, M] float32``).
     """
+    if (model.head_space > 0 or model.head_feature or model.head_links > 0) and head is None:
+        raise ValueError("the model reads the metric head's space but no head projection was given")
+    z, z_train = head if head is not None else (None, None)
+    lemb, lemb_train = _spaces(emb, emb_train, z, z_train, model.head_links)
+    emb, emb_train = _spaces(emb, emb_train, z, z_train, model.head_space)
     mem = None
     if model.linker is not None and emb_train is not None and len(emb_train):
-        mem = model.linker.memberships(emb, emb_train, np.asarray(train_labels, dtype=object))
+        mem = model.linker.memberships(lemb, lemb_train, np.asarray(train_labels, dtype=object))
     if "local" not in model.pair_model.features:
         local = None
     pool = emb_train if model.train_pool else None
-    feats = pair_features(emb, orientation, memberships=mem, local=local, neighbours=model.neighbours, emb_pool=pool)
+    feats = pair_features(emb, orientation, memberships=mem, local=local, neighbours=model.neighbours, emb_pool=pool,
+                          emb_head=z if model.head_feature else None,
+                          head_pool=z_train if model.train_pool and model.head_feature else None)
     if "via" in model.pair_model.features and "via" not in feats:
         raise ValueError("the model uses train links but no training gallery was given")
     prob = model.pair_model.predict(feats)
@@ -269,7 +326,7 @@ def _no_train_model(cc: dict) -> ClusterModel:
 
 def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.DataFrame, emb_test: np.ndarray,
                         cc: dict, local_fn: LocalFn | None = None, verbose: bool = True,
-                        links: pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
+                        links: pd.DataFrame | None = None, head_fn: HeadFn | None = None) -> tuple[np.ndarray, dict]:
     """Cluster every dataset's test images.
 
     ``train``: labelled rows (identity, dataset, orientation), ``emb_train: [N, D]``; ``test``: rows to cluster
@@ -277,24 +334,36 @@ def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.Dat
     Returns (``labels: [M] object``, each ``cluster_<dataset>_<k>``, in ``test`` row order;
     ``{dataset: details}`` with method, cut, held-out ARI, n_clusters, n_images, and a note on fallbacks).
     ``links``: human must-/cannot-links between test photos (columns ``a``, ``b`` image_ids, ``same`` bool), honoured
-    by each dataset's clustering (details then hold ``links``: how many applied).
+    by each dataset's clustering (details then hold ``links``: how many applied). ``head_fn``: metric heads
+    (cluster.head_space / head_feature): one per held-out fold on its pseudo-train, one for the test on the
+    dataset's train photos; a dataset whose test or folds get no head clusters without one.
     """
     train = train.reset_index(drop=True)
     test = test.reset_index(drop=True)
     if len(train) != len(emb_train) or len(test) != len(emb_test):
         raise ValueError("frames and embeddings must be row-aligned")
     folds_by_ds: dict[str, list[dict]] = {}
+    if head_fn is not None and not (float(cc["head_space"]) > 0 or cc["head_feature"]
+                                    or float(cc["head_links"]) > 0):
+        head_fn = None  # nothing reads a head
+    heads: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}  # {dataset: (test, train) in its head's space}
+    for name in sorted(test["dataset"].unique()) if head_fn is not None else ():
+        rows = np.flatnonzero((train["dataset"] == name).to_numpy())
+        h = head_fn(emb_train[rows], train["identity"].to_numpy(dtype=object)[rows]) if len(rows) else None
+        qrows = np.flatnonzero((test["dataset"] == name).to_numpy())
+        heads[name] = None if h is None else (h.project(emb_test[qrows]), h.project(emb_train[rows]))
 
     def folds_of(name: str) -> list[dict]:
         if name not in folds_by_ds:
             rows = np.flatnonzero((train["dataset"] == name).to_numpy())
-            folds_by_ds[name] = heldout_folds(train.iloc[rows], emb_train[rows], cc, local_fn) if len(rows) else []
+            hf = head_fn if heads.get(name) is not None else None
+            folds_by_ds[name] = heldout_folds(train.iloc[rows], emb_train[rows], cc, local_fn, hf) if len(rows) else []
         return folds_by_ds[name]
 
     fits = {}
     for name in sorted(test["dataset"].unique()):
         try:
-            fits[name] = _fit_heldout(folds_of(name), cc)
+            fits[name] = _fit_heldout(folds_of(name), cc, head=heads.get(name) is not None)
         except ValueError:  # no usable fold: too few identities, or no individual with two photos
             pass
     models, details = {}, {}
@@ -326,7 +395,7 @@ def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.Dat
         own = index_links(sub["image_id"].to_numpy(dtype=object), links) if links is not None else None
         lab, _ = predict_clusters(model, emb_test[qrows], _orientation(sub), emb_train=emb_train[trows],
                                   train_labels=train["identity"].to_numpy(dtype=object)[trows], local=local,
-                                  links=own)
+                                  links=own, head=heads.get(name) if model is models.get(name) else None)
         labels[qrows] = [cluster_label(name, k) for k in lab]
         det = model.details()
         if model_note:

@@ -208,6 +208,19 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "fallback_cut": Float(0.7, -1, 1),
         # with rerank.enabled: LightGlue on each test photo's k nearest test photos; 0 disables
         "rerank_topk": Int(20, 0),
+        # the metric head (kit/head.py, settings in the head section) in the clustering, where head.enabled allows
+        # it: every held-out fold gets its own head trained on that fold's pseudo-train only (it never sees the
+        # identities it is judged on), the test a head trained on all the dataset's train photos.
+        # head_space: weight w of the head's cosine in the clustering space, the pair cosine (and the train links and
+        # neighbourhoods read from it) being (1 - w) frozen + w head; 0 = the frozen space only (off), 1 = the head's
+        "head_space": Float(0.0, 0, 1),
+        # head_feature: the head's cosine (cos_head) and its CSLS (csls_head) as extra pair features beside the
+        # frozen ones; false = off
+        "head_feature": Bool(False),
+        # head_links: weight of the head's cosine in the space the train links (via, both_known: a test photo anchored to
+        # the train identities it resembles) are read in, the head being trained to tell exactly those identities
+        # apart; 0 = the clustering space's (off)
+        "head_links": Float(0.0, 0, 1),
         "seed": Int(0, 0),  # seed of the held-out splits (fold f uses seed + f) and of the pair subsample
     },
     "train": {  # kit train: ArcFace fine-tuning (kit/train.py); it starts from embed.model with embed.weights

@@ -11,6 +11,30 @@ from .local import Plan, cluster_local_fn
 from .pairs import combine
 
 
+def cluster_head_fn(conf: dict):
+    """The clustering's metric-head trainer (kit.cluster's HeadFn): ``fit_head`` with the head section, cached, on
+    a set of labelled photos with at least ``head.min_identities`` identities of two or more photos (2 with
+    ``head.enabled=true``), else None. None (no head anywhere) with ``head.enabled=false``, or when neither
+    ``cluster.head_space`` nor ``cluster.head_feature`` reads one."""
+    hc, cc = conf["head"], conf["cluster"]
+    if hc["enabled"] is False or not (float(cc["head_space"]) > 0 or cc["head_feature"]
+                                      or float(cc["head_links"]) > 0):
+        return None
+    from ..cache import cache_root
+    from ..head import fit_head
+
+    cache_dir = cache_root(conf["cache"])
+    need = int(hc["min_identities"]) if hc["enabled"] == "auto" else 2
+
+    def head_fn(x: np.ndarray, labels: np.ndarray):
+        counts = pd.Series(np.asarray(labels, dtype=str)).value_counts()
+        if int((counts >= 2).sum()) < need:
+            return None
+        return fit_head(x, labels, hc, cache_dir)
+
+    return head_fn
+
+
 def submit_clustering(meta: pd.DataFrame, embs: dict, lab: np.ndarray, conf: dict, plan: Plan,
                       verbose: bool = True, links: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
     """``image_id,cluster`` for every test row (metadata order), and per-dataset details.
@@ -21,7 +45,8 @@ def submit_clustering(meta: pd.DataFrame, embs: dict, lab: np.ndarray, conf: dic
     """
     emb = combine(embs)
     labels, details = cluster_competition(meta[lab], emb[lab], meta[~lab], emb[~lab], conf["cluster"],
-                                          cluster_local_fn(conf, plan), verbose, links=links)
+                                          cluster_local_fn(conf, plan), verbose, links=links,
+                                          head_fn=cluster_head_fn(conf))
     return pd.DataFrame({"image_id": meta.loc[~lab, "image_id"].to_numpy(), "cluster": labels}), details
 
 
@@ -33,8 +58,9 @@ def validate_clustering(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFram
     two or more datasets, ``ARI_fallback`` scores each one with the model fitted on the OTHER datasets only: the
     estimate for a dataset without training identities. The result also holds "mean" (ARI over datasets).
     """
-    cc, emb, local_fn = conf["cluster"], combine(embs), cluster_local_fn(conf, plan)
-    labels, details = cluster_competition(db, emb[db["_row"]], q, emb[q["_row"]], cc, local_fn, verbose)
+    cc, emb, local_fn, head_fn = conf["cluster"], combine(embs), cluster_local_fn(conf, plan), cluster_head_fn(conf)
+    labels, details = cluster_competition(db, emb[db["_row"]], q, emb[q["_row"]], cc, local_fn, verbose,
+                                          head_fn=head_fn)
     sub = pd.DataFrame({"image_id": q["image_id"].to_numpy(), "cluster": labels})
     _, table = metrics.score_2026(solution[["image_id", "identity", "dataset"]], sub)
     result: dict[str, dict] = {}
@@ -49,7 +75,8 @@ def validate_clustering(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFram
             others = db[db["dataset"] != name]
             held = q["dataset"] == name
             qa = q[held]
-            fl, _ = cluster_competition(others, emb[others["_row"]], qa, emb[qa["_row"]], cc, local_fn, False)
+            fl, _ = cluster_competition(others, emb[others["_row"]], qa, emb[qa["_row"]], cc, local_fn, False,
+                                        head_fn=head_fn)
             truth = solution.loc[held.to_numpy(), "identity"].to_numpy(dtype=object)
             result[name]["ARI_fallback"] = float(ari(truth, fl))
     result["mean"] = {"ARI": float(table["ARI"].mean())}
