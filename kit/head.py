@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 @dataclass
 class Head:
     """A fitted head: ``weight [D, d] float32``; ``project`` maps ``[N, D]`` descriptors to ``[N, d]`` unit rows."""
@@ -40,7 +41,7 @@ def _key(x: np.ndarray, labels: np.ndarray, hc: dict) -> str:
     h = hashlib.sha1()
     h.update(np.ascontiguousarray(x, np.float32).tobytes())
     h.update("\x1f".join(map(str, labels)).encode())
-    skip = ("enabled", "min_identities", "device", "folds")  # settings that do not change a head's weights
+    skip = ("enabled", "min_identities", "device", "folds", "query")  # settings that do not change a head's weights
     h.update(repr(sorted((k, v) for k, v in hc.items() if k not in skip)).encode())
     return h.hexdigest()[:20]
 
@@ -141,7 +142,8 @@ def cross_fitted(x: np.ndarray, labels: np.ndarray, photo_keys: np.ndarray, id_k
     ``photo_folds``), and as many on all identities but one fold of identities.
     Returns (known [N, N], new [N, N], query [Q, N]) float32: ``known[i]`` row i's cosines under the head that never
     saw photo i (a known query: its identity seen, the photo not); ``new[i]`` under the head that never saw i's
-    identity (a new animal); ``query[j]`` under the photo-fold head that a hash of the query's key picks. A real
+    identity (a new animal); ``query[j]`` under the photo-fold head that a hash of the query's key picks (``head.query="fold"``), or the mean
+    over all photo-fold heads (``"mean"``). A real
     query is thereby scored exactly as a known pseudo-query is (the head missed 1/folds of the database): with a head
     of all photos its cosines ran higher than any the calibration had seen, and tau landed badly (issue 18).
     The diagonals are -inf. Cost: 2 x ``head.folds`` heads, each cached.
@@ -163,7 +165,11 @@ def cross_fitted(x: np.ndarray, labels: np.ndarray, photo_keys: np.ndarray, id_k
             head = fit_head(x[~rows], labels[~rows], hc, cache_dir)
             z = head.project(x)
             sims[rows] = z[rows] @ z.T
-            if role == "known" and (q_fold == f).any():
+            if role == "known" and hc["query"] == "mean" and len(x_q):
+                # -inf where no head has contributed yet; each of the k heads adds its share
+                part = (head.project(x_q) @ z.T) / np.float32(k)
+                query = np.where(np.isfinite(query), query + part, part)
+            elif role == "known" and (q_fold == f).any():
                 query[q_fold == f] = head.project(x_q[q_fold == f]) @ z.T
         np.fill_diagonal(sims, -np.inf)
         out[role] = sims

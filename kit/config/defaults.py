@@ -116,6 +116,10 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         # cross-fitting: heads trained without one fold of photos (known pseudo-queries) and as many without one fold
         # of identities (pretend-new ones), 2 x folds + 1 heads in all
         "folds": Int(4, 2, 20),
+        # a real query's head cosines: "fold" = from the one photo-fold head a hash of its key picks (exactly as a
+        # known pseudo-query is scored); "mean" = the mean over all folds' photo-fold heads (steadier, and never
+        # better-informed than a pseudo-query's own head: each of them also missed 1/folds of the photos)
+        "query": Choice("fold", "fold", "mean"),
         "dim": Int(256, 8, 4096),  # output size of the linear map
         "steps": Int(300, 1, 100000),  # full-batch AdamW steps
         "lr": Float(1e-3, 0, 1, open=True),  # AdamW learning rate
