@@ -142,8 +142,8 @@ def cross_fitted(x: np.ndarray, labels: np.ndarray, photo_keys: np.ndarray, id_k
     ``photo_folds``), and as many on all identities but one fold of identities.
     Returns (known [N, N], new [N, N], query [Q, N]) float32: ``known[i]`` row i's cosines under the head that never
     saw photo i (a known query: its identity seen, the photo not); ``new[i]`` under the head that never saw i's
-    identity (a new animal); ``query[j]`` under the photo-fold head that a hash of the query's key picks (``head.query="fold"``), or the mean
-    over all photo-fold heads (``"mean"``). A real
+    identity (a new animal); ``query[j]`` under the photo-fold head that a hash of the query's key picks
+    (``head.query="fold"``), or the mean over all photo-fold heads (``"mean"``). A real
     query is thereby scored exactly as a known pseudo-query is (the head missed 1/folds of the database): with a head
     of all photos its cosines ran higher than any the calibration had seen, and tau landed badly (issue 18).
     The diagonals are -inf. Cost: 2 x ``head.folds`` heads, each cached.

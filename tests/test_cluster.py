@@ -398,3 +398,42 @@ def test_cluster_heads_never_see_the_fold_they_are_judged_on(key):
                                                head_fn=head_fn)
     base, _ = cluster.cluster_competition(train, emb_tr, test, emb_te, conf_off["cluster"], verbose=False)
     assert not calls and list(off) == list(base) and not any(det_off["A"]["head"].values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One pair model for both tasks (cluster.pair_model=shared)
+
+
+def test_shared_pair_model_clusters_with_the_identifications_model_and_out_of_fold_cuts():
+    """cluster.pair_model=shared: the clustering's pair model is kit/pairmodel.py's (its describe() names the
+    method the identification would pick), and the P the cut is chosen on is out-of-fold: a pair's P does not move
+    when the labels of its row photo's identity are flipped to another's in the fitting pairs."""
+    from kit.cluster.features import SharedPairModel, fit_shared_pair_model
+
+    train, emb_tr, test, emb_te, truth = synthetic(datasets=("A",), test_only=())
+    conf = load_config(overrides=["cluster.pair_model=shared"])
+    labels, det = cluster.cluster_competition(train, emb_tr, test, emb_te, conf["cluster"], verbose=False,
+                                              pc=conf["pairmodel"])
+    assert adjusted_rand_score(truth, labels) > 0.8
+    assert det["A"]["pair_model"]["method"] in ("logistic", "lightgbm", "mean")
+    with pytest.raises(ValueError, match="pairmodel settings"):
+        cluster.cluster_competition(train, emb_tr, test, emb_te, conf["cluster"], verbose=False)
+
+    folds = cluster.heldout_folds(train, emb_tr, conf["cluster"])
+    feats = [{"feats": cluster.pair_features(f["emb"]), "truth": f["truth"], "keys": f["keys"]} for f in folds]
+    names = ("cos",)
+    pm, probs = fit_shared_pair_model(feats, names, conf["pairmodel"], 10_000)
+    assert isinstance(pm, SharedPairModel) and len(probs) == len(folds)
+    p_in = pm.predict(feats[0]["feats"])
+    assert np.allclose(probs[0], probs[0].T) and np.allclose(np.diag(probs[0]), 1)
+    assert not np.allclose(probs[0], p_in, atol=1e-6)  # out-of-fold, not the final model's in-sample P
+    # relabel one identity's photos as another identity's in every fold: the P of the pairs whose row photo is
+    # that identity came from models that never fitted a pair of it, so it must not move; other pairs may
+    _, raw = fit_shared_pair_model(feats, names, conf["pairmodel"], 10_000, symmetric=False)
+    who = feats[0]["truth"][0]
+    other = next(t for t in feats[0]["truth"] if t != who)
+    moved = [{**f, "truth": np.where(f["truth"] == who, other, f["truth"])} for f in feats]
+    _, raw2 = fit_shared_pair_model(moved, names, conf["pairmodel"], 10_000, symmetric=False)
+    rows = feats[0]["truth"] == who
+    assert rows.any() and np.array_equal(raw[0][rows], raw2[0][rows])
+    assert any(not np.array_equal(a, b) for a, b in zip(raw, raw2))  # the relabelling did reach other models

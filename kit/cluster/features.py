@@ -195,6 +195,76 @@ class PairModel:
         return {**{n: float(c) for n, c in zip(self.features, self.coef)}, "intercept": float(self.intercept)}
 
 
+@dataclass
+class SharedPairModel:
+    """The identification's pair model (kit/pairmodel.py, fitted by ``fit_shared_pair_model``) over the clustering's
+    dense pair features: one pair model for both tasks (cluster.pair_model=shared)."""
+
+    model: object  # kit.pairmodel.PairModel over flat columns
+    features: tuple[str, ...]  # the columns it reads (those column selection kept)
+    rows_per_chunk: int = 256  # rows of the [M, M] matrices predicted at once (bounds the flat copies' memory)
+
+    def predict(self, feats: dict[str, np.ndarray], shift: float = 0.0) -> np.ndarray:
+        """``[M, M] float32`` P(same individual), symmetric, diagonal 1 (``shift`` is not supported: 0 only)."""
+        if shift:
+            raise ValueError("SharedPairModel.predict: shift is not supported")
+        m = len(feats[self.features[0]])
+        prob = np.empty((m, m), np.float32)
+        for r0 in range(0, m, self.rows_per_chunk):
+            r1 = min(m, r0 + self.rows_per_chunk)
+            prob[r0:r1] = self.model.predict({n: feats[n][r0:r1].ravel() for n in self.features}).reshape(r1 - r0, m)
+        prob = (prob + prob.T) / 2  # features are symmetric; lightgbm's float sums may differ in the last bit
+        np.fill_diagonal(prob, 1.0)
+        return prob
+
+    def describe(self) -> dict:
+        return self.model.describe()
+
+
+def fit_shared_pair_model(folds: list[dict], features: tuple[str, ...], pc: dict, max_pairs: int,
+                          symmetric: bool = True) -> tuple[SharedPairModel, list[np.ndarray]]:
+    """Fit the identification's pair model (kit/pairmodel.py ``fit_pair_model`` with the ``pairmodel`` section
+    ``pc``: method, column selection, identity-grouped CV) on every ordered pair of the held-out folds
+    (``{"feats": {name: [m, m]}, "truth": [m], "keys": [m]}`` each; ``keys`` the identities' ``splits.anchors``).
+
+    Returns (the model fitted on all pairs, per fold ``[m, m] float32`` OUT-OF-FOLD P(same)): a pair's P comes from
+    a model that never fitted a pair of its row photo's identity, so the cut is chosen on P the way the test's will
+    be (the own model chooses it on in-sample P). ``symmetric=False`` keeps each direction's own out-of-fold P
+    (``[i, j]`` from the models that never fitted i's identity); by default the two directions are averaged.
+    Raises ValueError without both kinds of pair.
+    """
+    from ..pairmodel import fit_pair_model as fit_pairs
+
+    cols: dict[str, list] = {n: [] for n in features}
+    same, query, group, group_b, shapes = [], [], [], [], []
+    offset = 0
+    for fold in folds:
+        t, keys = np.asarray(fold["truth"], dtype=object), np.asarray(fold["keys"], dtype=str)
+        m = len(t)
+        r, c = np.nonzero(~np.eye(m, dtype=bool))
+        for n in features:
+            cols[n].append(np.asarray(fold["feats"][n], np.float32)[r, c])
+        same.append(t[r] == t[c])
+        query.append(offset + r)  # each pseudo-test photo ranks its own pairs (MRR)
+        group.append(keys[r])
+        group_b.append(keys[c])
+        shapes.append((m, r, c))
+        offset += m
+    y = np.concatenate(same).astype(bool) if same else np.zeros(0, bool)
+    if y.all() or not y.any():
+        raise ValueError("held-out folds need both same-individual and different pairs to fit the pair model")
+    fit = fit_pairs({n: np.concatenate(v) for n, v in cols.items()}, features, y, np.concatenate(query),
+                    np.concatenate(group), pc["method"], int(pc["cv_folds"]), float(pc["min_gain"]),
+                    int(pc["seed"]), max_pairs, select=pc["features"] == "auto", group_b=np.concatenate(group_b))
+    probs, start = [], 0
+    for m, r, c in shapes:
+        p = np.ones((m, m), np.float32)
+        p[r, c] = fit.oof[start:start + len(r)]
+        start += len(r)
+        probs.append((p + p.T) / 2 if symmetric else p)  # the directions come from the two identities' folds
+    return SharedPairModel(fit.model, tuple(fit.model.names)), probs
+
+
 def _upper(x: np.ndarray) -> np.ndarray:
     return x[np.triu_indices(len(x), 1)]
 

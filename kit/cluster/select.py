@@ -18,9 +18,10 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..schema import cluster_label
-from ..splits import open_set_split
+from ..splits import anchors, open_set_split
 from .features import (DIRECT_FEATURES, HEAD_FEATURES, LINK_FEATURES, LOCAL_FEATURES, NEIGHBOUR_FEATURES, LocalFn,
-                       PairModel, TrainLinker, _linker_pairs, fit_linker, fit_pair_model, pair_features)
+                       PairModel, TrainLinker, _linker_pairs, fit_linker, fit_pair_model, fit_shared_pair_model,
+                       pair_features)
 from .constraints import cluster_with_links, constrain, index_links
 from .linkage import CUT_GRID, ari_curve, cluster_matrix
 
@@ -63,6 +64,7 @@ def heldout_folds(train: pd.DataFrame, emb_train: np.ndarray, cc: dict, local_fn
     ``head_fn`` returns None).
     """
     frame = train.reset_index(drop=True).assign(_row=np.arange(len(train)))
+    anchor = anchors(frame)  # identity keys made of photos: the shared pair model's folds move with no rename
     folds = []
     for f in range(int(cc["heldout_folds"])):
         split = open_set_split(frame, unknown_fraction=cc["heldout_unknown_fraction"],
@@ -74,6 +76,7 @@ def heldout_folds(train: pd.DataFrame, emb_train: np.ndarray, cc: dict, local_fn
         emb_t = emb_train[test["_row"].to_numpy()]
         folds.append({
             "emb": emb_t, "truth": test["identity"].to_numpy(dtype=object), "orientation": _orientation(test),
+            "keys": np.array([anchor[t] for t in test["identity"]], dtype=object),
             "local": local_fn(test, emb_t) if local_fn is not None else None,
             "emb_gallery": emb_train[gal["_row"].to_numpy()], "gallery_labels": gal["identity"].to_numpy(dtype=object),
         })
@@ -204,7 +207,7 @@ class HeldoutFit:
 
 
 def _fit_heldout(folds: list[dict], cc: dict, links: bool = True, pool: bool = True, note: str = "",
-                 head: bool = True) -> HeldoutFit:
+                 head: bool = True, pc: dict | None = None) -> HeldoutFit:
     if not folds:
         raise ValueError("no held-out fold with two photos of one individual")
     k = int(cc["neighbours"])
@@ -228,10 +231,16 @@ def _fit_heldout(folds: list[dict], cc: dict, links: bool = True, pool: bool = T
                                    emb_pool=g if pool else None, emb_head=f.get("head") if head_feat else None,
                                    head_pool=f.get("head_gallery") if pool else None))
     truths = [f["truth"] for f in folds]
-    pm = fit_pair_model([{"feats": x, "truth": t} for x, t in zip(feats, truths)],
-                        _feature_names(linker is not None, has_local, k, head_feat), cc["calibration"],
-                        int(cc["max_pairs"]), int(cc["seed"]))
-    probs = [pm.predict(x) for x in feats]
+    names = _feature_names(linker is not None, has_local, k, head_feat)
+    if cc["pair_model"] == "shared":
+        if pc is None:
+            raise ValueError("cluster.pair_model=shared needs the pairmodel settings (pc)")
+        pm, probs = fit_shared_pair_model([{"feats": x, "truth": f["truth"], "keys": f["keys"]}
+                                           for x, f in zip(feats, folds)], names, pc, int(pc["max_pairs"]))
+    else:
+        pm = fit_pair_model([{"feats": x, "truth": t} for x, t in zip(feats, truths)], names, cc["calibration"],
+                            int(cc["max_pairs"]), int(cc["seed"]))
+        probs = [pm.predict(x) for x in feats]
     sizes = [len(t) for t in truths]
     model = ClusterModel(pm, "average", 0.5, None, linker, {}, note=note, neighbours=k, train_pool=pool,
                          head_space=w, head_feature=head_feat, head_links=wl)
@@ -248,21 +257,23 @@ def _choose_method(fit: HeldoutFit, prior: dict | None, cc: dict) -> ClusterMode
     return m
 
 
-def fit_cluster_model(folds: list[dict], cc: dict, prior: dict | None = None) -> ClusterModel:
+def fit_cluster_model(folds: list[dict], cc: dict, prior: dict | None = None, pc: dict | None = None
+                      ) -> ClusterModel:
     """Fit the train linker and the pair model on one dataset's held-out folds, and choose method and cut
     (leaning on ``prior``, pooled curves of other datasets, when given). Raises ValueError when the folds cannot
     fit a model (no fold, or no same-individual pair at all)."""
-    return _choose_method(_fit_heldout(folds, cc), prior, cc)
+    return _choose_method(_fit_heldout(folds, cc, pc=pc), prior, cc)
 
 
-def fit_fallback_model(folds_by_dataset: dict[str, list[dict]], cc: dict) -> ClusterModel | None:
+def fit_fallback_model(folds_by_dataset: dict[str, list[dict]], cc: dict, pc: dict | None = None
+                       ) -> ClusterModel | None:
     """A model for a dataset with no training identities: pair model on test-test features only (no train
     links, no train photos in the neighbourhoods), fitted on the pooled held-out folds of the other datasets, with
     the method and cut that maximise their mean held-out ARI. None when no other dataset has usable folds."""
     folds = [f for fs in folds_by_dataset.values() for f in fs]
     names = ", ".join(sorted(folds_by_dataset))
     try:
-        fit = _fit_heldout(folds, cc, links=False, pool=False, head=False,
+        fit = _fit_heldout(folds, cc, links=False, pool=False, head=False, pc=pc,
                            note=f"no training identities: pair model, method and cut fitted on {names} (fallback)")
     except ValueError:
         return None
@@ -326,7 +337,8 @@ def _no_train_model(cc: dict) -> ClusterModel:
 
 def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.DataFrame, emb_test: np.ndarray,
                         cc: dict, local_fn: LocalFn | None = None, verbose: bool = True,
-                        links: pd.DataFrame | None = None, head_fn: HeadFn | None = None) -> tuple[np.ndarray, dict]:
+                        links: pd.DataFrame | None = None, head_fn: HeadFn | None = None, pc: dict | None = None
+                        ) -> tuple[np.ndarray, dict]:
     """Cluster every dataset's test images.
 
     ``train``: labelled rows (identity, dataset, orientation), ``emb_train: [N, D]``; ``test``: rows to cluster
@@ -336,12 +348,15 @@ def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.Dat
     ``links``: human must-/cannot-links between test photos (columns ``a``, ``b`` image_ids, ``same`` bool), honoured
     by each dataset's clustering (details then hold ``links``: how many applied). ``head_fn``: metric heads
     (cluster.head_space / head_feature): one per held-out fold on its pseudo-train, one for the test on the
-    dataset's train photos; a dataset whose test or folds get no head clusters without one.
+    dataset's train photos; a dataset whose test or folds get no head clusters without one. ``pc``: the
+    ``pairmodel`` section, read with ``cluster.pair_model=shared`` (the identification's pair model).
     """
     train = train.reset_index(drop=True)
     test = test.reset_index(drop=True)
     if len(train) != len(emb_train) or len(test) != len(emb_test):
         raise ValueError("frames and embeddings must be row-aligned")
+    if cc["pair_model"] == "shared" and pc is None:
+        raise ValueError("cluster.pair_model=shared needs the pairmodel settings (pc)")
     folds_by_ds: dict[str, list[dict]] = {}
     if head_fn is not None and not (float(cc["head_space"]) > 0 or cc["head_feature"]
                                     or float(cc["head_links"]) > 0):
@@ -363,7 +378,7 @@ def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.Dat
     fits = {}
     for name in sorted(test["dataset"].unique()):
         try:
-            fits[name] = _fit_heldout(folds_of(name), cc, head=heads.get(name) is not None)
+            fits[name] = _fit_heldout(folds_of(name), cc, head=heads.get(name) is not None, pc=pc)
         except ValueError:  # no usable fold: too few identities, or no individual with two photos
             pass
     models, details = {}, {}
@@ -380,7 +395,7 @@ def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.Dat
         if model is None:
             if fallback is None:
                 usable = {d: folds_of(d) for d in sorted(train["dataset"].unique())}
-                fallback = fit_fallback_model({d: f for d, f in usable.items() if f}, cc) or _no_train_model(cc)
+                fallback = fit_fallback_model({d: f for d, f in usable.items() if f}, cc, pc) or _no_train_model(cc)
             model = fallback
             why = "no training identities" if len(trows) == 0 else "too few training identities to hold out"
             model_note = model.note.replace("no training identities", why, 1)

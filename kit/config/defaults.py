@@ -194,7 +194,12 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "link_topk": Int(3, 1),  # train identities kept per test photo for linking
         # k of the neighbourhood pair features (CSLS hubness correction, mutual rank); 0 disables
         "neighbours": Int(5, 0),
-        # cosine into the pair model: "logistic" (raw) | "isotonic" (calibrated first)
+        # the pair model: "own" = the clustering's signed logistic regression, the cut chosen on its in-sample P;
+        # "shared" = the identification's (kit/pairmodel.py, settings in the pairmodel section: method, column
+        # selection, identity-grouped folds), the cut chosen on its out-of-fold P. Own by default: on nyala (seeds
+        # 0-3) ARI 0.094 mean own, 0.059 shared, 0.083 shared with pairmodel.features=all (bench/README.md)
+        "pair_model": Choice("own", "own", "shared"),
+        # own pair model: cosine into it "logistic" (raw) | "isotonic" (calibrated first)
         "calibration": Choice("logistic", "logistic", "isotonic"),
         # held-out splits of the train identities that fit the pair model and choose method/cut
         # (4: on nyala the 2026 ARI of seeds 0/1 was 0.075/0.098 with 2 folds, 0.099/0.112 with 4: a cut chosen on
@@ -214,16 +219,17 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "rerank_topk": Int(20, 0),
         # the metric head (kit/head.py, settings in the head section) in the clustering, where head.enabled allows
         # it: every held-out fold gets its own head trained on that fold's pseudo-train only (it never sees the
-        # identities it is judged on), the test a head trained on all the dataset's train photos.
+        # identities it is judged on), the test a head trained on all the dataset's train photos. All off: on nyala
+        # (seeds 0-3) none lifted the ARI (0.094 mean without; head_feature 0.090, head_links=1 0.072; bench/README.md)
         # head_space: weight w of the head's cosine in the clustering space, the pair cosine (and the train links and
         # neighbourhoods read from it) being (1 - w) frozen + w head; 0 = the frozen space only (off), 1 = the head's
         "head_space": Float(0.0, 0, 1),
         # head_feature: the head's cosine (cos_head) and its CSLS (csls_head) as extra pair features beside the
         # frozen ones; false = off
         "head_feature": Bool(False),
-        # head_links: weight of the head's cosine in the space the train links (via, both_known: a test photo anchored to
-        # the train identities it resembles) are read in, the head being trained to tell exactly those identities
-        # apart; 0 = the clustering space's (off)
+        # head_links: weight of the head's cosine in the space the train links (via, both_known: a test photo
+        # anchored to the train identities it resembles) are read in, the head being trained to tell exactly those
+        # identities apart; 0 = the clustering space's (off)
         "head_links": Float(0.0, 0, 1),
         "seed": Int(0, 0),  # seed of the held-out splits (fold f uses seed + f) and of the pair subsample
     },

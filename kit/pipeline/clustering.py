@@ -46,7 +46,7 @@ def submit_clustering(meta: pd.DataFrame, embs: dict, lab: np.ndarray, conf: dic
     emb = combine(embs)
     labels, details = cluster_competition(meta[lab], emb[lab], meta[~lab], emb[~lab], conf["cluster"],
                                           cluster_local_fn(conf, plan), verbose, links=links,
-                                          head_fn=cluster_head_fn(conf))
+                                          head_fn=cluster_head_fn(conf), pc=conf["pairmodel"])
     return pd.DataFrame({"image_id": meta.loc[~lab, "image_id"].to_numpy(), "cluster": labels}), details
 
 
@@ -60,7 +60,7 @@ def validate_clustering(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFram
     """
     cc, emb, local_fn, head_fn = conf["cluster"], combine(embs), cluster_local_fn(conf, plan), cluster_head_fn(conf)
     labels, details = cluster_competition(db, emb[db["_row"]], q, emb[q["_row"]], cc, local_fn, verbose,
-                                          head_fn=head_fn)
+                                          head_fn=head_fn, pc=conf["pairmodel"])
     sub = pd.DataFrame({"image_id": q["image_id"].to_numpy(), "cluster": labels})
     _, table = metrics.score_2026(solution[["image_id", "identity", "dataset"]], sub)
     result: dict[str, dict] = {}
@@ -76,7 +76,7 @@ def validate_clustering(db: pd.DataFrame, q: pd.DataFrame, solution: pd.DataFram
             held = q["dataset"] == name
             qa = q[held]
             fl, _ = cluster_competition(others, emb[others["_row"]], qa, emb[qa["_row"]], cc, local_fn, False,
-                                        head_fn=head_fn)
+                                        head_fn=head_fn, pc=conf["pairmodel"])
             truth = solution.loc[held.to_numpy(), "identity"].to_numpy(dtype=object)
             result[name]["ARI_fallback"] = float(ari(truth, fl))
     result["mean"] = {"ARI": float(table["ARI"].mean())}
