@@ -118,6 +118,12 @@ def _feature_names(links: bool, local: bool, neighbours: int, head: bool = False
             + (LOCAL_FEATURES if local else ()) + (HEAD_FEATURES if head else ()))
 
 
+def reads_head(cc: dict) -> bool:
+    """Whether any cluster setting reads a metric head (head_space, head_feature, head_links): else none is
+    trained."""
+    return float(cc["head_space"]) > 0 or bool(cc["head_feature"]) or float(cc["head_links"]) > 0
+
+
 def _head_use(cc: dict, has_head: bool) -> tuple[float, bool, float]:
     """(head_space weight, head_feature, head weight of the train links' space) in force: all off without a head."""
     if not has_head:
@@ -358,9 +364,8 @@ def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.Dat
     if cc["pair_model"] == "shared" and pc is None:
         raise ValueError("cluster.pair_model=shared needs the pairmodel settings (pc)")
     folds_by_ds: dict[str, list[dict]] = {}
-    if head_fn is not None and not (float(cc["head_space"]) > 0 or cc["head_feature"]
-                                    or float(cc["head_links"]) > 0):
-        head_fn = None  # nothing reads a head
+    if not reads_head(cc):
+        head_fn = None
     heads: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}  # {dataset: (test, train) in its head's space}
     for name in sorted(test["dataset"].unique()) if head_fn is not None else ():
         rows = np.flatnonzero((train["dataset"] == name).to_numpy())

@@ -7,6 +7,7 @@ import pandas as pd
 
 from .. import metrics
 from ..cluster import ari, cluster_competition
+from ..cluster.select import reads_head
 from .local import Plan, cluster_local_fn
 from .pairs import combine
 
@@ -17,8 +18,7 @@ def cluster_head_fn(conf: dict):
     ``head.enabled=true``), else None. None (no head anywhere) with ``head.enabled=false``, or when neither
     ``cluster.head_space`` nor ``cluster.head_feature`` reads one."""
     hc, cc = conf["head"], conf["cluster"]
-    if hc["enabled"] is False or not (float(cc["head_space"]) > 0 or cc["head_feature"]
-                                      or float(cc["head_links"]) > 0):
+    if hc["enabled"] is False or not reads_head(cc):
         return None
     from ..cache import cache_root
     from ..head import fit_head

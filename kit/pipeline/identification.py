@@ -13,6 +13,7 @@ their held-out estimate is better (``_submit_head``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +56,12 @@ class DatasetScores:
     q: dict[str, np.ndarray] = field(default_factory=dict)
     models: dict[str, object] = field(default_factory=dict)  # pipeline -> PairFit
     head_q: np.ndarray | None = None  # [Q, N] the queries' head cosines (kit/head.py cross_fitted); None: no head
+
+    @functools.cached_property
+    def cos_new(self) -> np.ndarray:
+        """[N, N] ``cos_db`` as each photo sees it playing a new animal: its own identity's photos -inf."""
+        own = self.db_frame["identity"].to_numpy(dtype=object)
+        return np.where(own[:, None] == own[None, :], -np.inf, self.cos_db)
 
 
 def _evidence(sims: np.ndarray, labels: np.ndarray, conf: dict) -> dict:
@@ -139,16 +146,14 @@ def score_datasets(db: pd.DataFrame, q: pd.DataFrame, embs_db: dict, embs_q: dic
         np.fill_diagonal(cos_db, -np.inf)
         built[name] = (DatasetScores(dbf, cos_db, t["cq"] @ t["cdb"].T, t["cq"] @ t["cq"].T, head_q=t["head_q"]), t)
         tables[name] = (t["db"], t["keys"], t["new"])
-    for pipe in pipelines(plan, any(t["head_q"] is not None for _, t in built.values())):
+    for pipe in pipelines(plan, _any_head({name: sc for name, (sc, _) in built.items()})):
         fits = fit_models(tables, pipe, conf["pairmodel"])
         for name, (scores, t) in built.items():
             fit = fits[name]
             n = len(scores.db_frame)
             n_db = int(t["db"].valid.sum())
             scores.db[pipe] = probability_matrix(t["db"], fit.oof[:n_db], n, scores.cos_db)
-            own = scores.db_frame["identity"].to_numpy(dtype=object)
-            hidden = np.where(own[:, None] == own[None, :], -np.inf, scores.cos_db)
-            scores.new[pipe] = probability_matrix(t["new"], fit.oof[n_db:], n, hidden)
+            scores.new[pipe] = probability_matrix(t["new"], fit.oof[n_db:], n, scores.cos_new)
             p_q = fit.model.predict({c: v for c, v in t["q"].flat().items()
                                      if c in feature_names(t["q"].cols, pipe)})
             scores.q[pipe] = probability_matrix(t["q"], p_q, n, scores.cos_q)
@@ -232,14 +237,13 @@ def fit_decisions(scores: dict[str, DatasetScores], conf: dict, plan: Plan) -> d
         anchor = anchors(part)
         # each pseudo-query reads its own row: against the whole database without its photo (a known one) or
         # without its identity (a new one), as score_datasets built them; a split only says who plays which
-        cos_new = np.where(labels[:, None] == labels[None, :], -np.inf, sc.cos_db)
         pooled: dict[str, dict[str, list]] = {p: {} for p in pipes}
         lab: dict[str, list] = {"unknown": [], "identity": [], "group": []}
         for r, s in enumerate(splits):
             qi = s.loc[s["split"] == "query", "_row"].to_numpy()
             new = s.loc[s["split"] == "query", "new_identity"].to_numpy(bool)[:, None]
             truth = labels[qi]
-            cos = np.where(new, cos_new[qi], sc.cos_db[qi])
+            cos = np.where(new, sc.cos_new[qi], sc.cos_db[qi])
             for pipe in pipes:
                 # -3 lies below every P and every -2 + cosine: the hidden photos (itself, or its identity) only fill
                 # their identity's score, which can then never be the top one
