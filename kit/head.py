@@ -49,7 +49,8 @@ def _key(x: np.ndarray, labels: np.ndarray, hc: dict) -> str:
 def fit_head(x: np.ndarray, labels: np.ndarray, hc: dict, cache_dir: Path | None = None) -> Head:
     """Train a head on ``x: [N, D] float32`` (L2-normalised descriptors) with identities ``labels: [N]``.
 
-    Full-batch (sub-center) ArcFace over a bias-free linear map D -> ``head.dim``: ``head.steps`` AdamW steps at
+    Full-batch (sub-center) ArcFace over a bias-free linear map D -> ``head.dim`` (or, with ``head.loss``, the
+    supervised contrastive loss at ``head.temperature``, or both summed): ``head.steps`` AdamW steps at
     ``head.lr``, scale ``head.scale``, margin ``head.margin``, Gaussian noise of sd ``head.noise`` on the inputs
     each step (a few thousand photos memorise fast; the noise keeps the map smooth). Seeded and deterministic;
     cached under ``cache_dir/head`` by the inputs and settings.
@@ -85,16 +86,27 @@ def fit_head(x: np.ndarray, labels: np.ndarray, hc: dict, cache_dir: Path | None
     centres = torch.nn.Parameter(torch.randn(n_id * k, int(hc["dim"]), generator=gen))
     opt = torch.optim.AdamW([proj, centres], lr=float(hc["lr"]), weight_decay=float(hc["weight_decay"]))
     s, m, noise = float(hc["scale"]), float(hc["margin"]), float(hc["noise"])
-    rows = torch.arange(len(yt))
+    rows, losses, temp = torch.arange(len(yt)), hc["loss"], float(hc["temperature"])
+    eye = torch.eye(len(yt)) if losses != "arcface" else None
+    positives = (yt[:, None] == yt[None, :]).float() - eye if eye is not None else None
     with torch.enable_grad():
         for _ in range(int(hc["steps"])):
             xi = xt + noise * torch.randn(xt.shape, generator=gen) if noise > 0 else xt
             z = torch.nn.functional.normalize(xi @ proj, dim=1)
-            c = torch.nn.functional.normalize(centres, dim=1)
-            cos = (z @ c.T).view(len(z), n_id, k).amax(dim=2)  # [N, I]: each identity's nearest sub-centre
-            target = cos[rows, yt].clamp(-1 + 1e-6, 1 - 1e-6)
-            logits = cos.scatter(1, yt[:, None], torch.cos(torch.acos(target) + m)[:, None])
-            loss = torch.nn.functional.cross_entropy(s * logits, yt)
+            loss = torch.zeros(())
+            if losses != "supcon":
+                c = torch.nn.functional.normalize(centres, dim=1)
+                cos = (z @ c.T).view(len(z), n_id, k).amax(dim=2)  # [N, I]: each identity's nearest sub-centre
+                target = cos[rows, yt].clamp(-1 + 1e-6, 1 - 1e-6)
+                logits = cos.scatter(1, yt[:, None], torch.cos(torch.acos(target) + m)[:, None])
+                loss = loss + torch.nn.functional.cross_entropy(s * logits, yt)
+            if losses != "arcface":  # supervised contrastive: every photo against all others, full batch
+                sims = z @ z.T / temp - 1e9 * eye
+                logp = sims - torch.logsumexp(sims, 1, keepdim=True)
+                n_pos = positives.sum(1)
+                has = n_pos > 0  # a photo alone in its identity contrasts nothing
+                if has.any():
+                    loss = loss + (-(logp * positives).sum(1)[has] / n_pos[has]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -134,8 +134,8 @@ def test_pair_features_shapes_links_and_flanks():
 
     emb = np.eye(3, 4, dtype=np.float32)
     mem = csr_matrix(np.array([[0.8, 0.0], [0.5, 0.5], [0.0, 0.0]]))  # image 2 matches no train identity
-    local = np.array([[np.nan, 3, np.nan], [3, np.nan, np.nan], [np.nan, np.nan, np.nan]], np.float32)
-    f = cluster.pair_features(emb, ["left", "right", ""], memberships=mem, local=local)
+    local = np.log1p(np.array([[np.nan, 3, np.nan], [3, np.nan, np.nan], [np.nan, np.nan, np.nan]], np.float32))
+    f = cluster.pair_features(emb, ["left", "right", ""], memberships=mem, local={"local": local})
     assert set(f) == {"cos", "opposite", "cos_opposite", "via", "both_known", "local", "local_missing"}
     for x in f.values():
         assert x.shape == (3, 3) and x.dtype == np.float32 and np.allclose(x, x.T)
@@ -253,7 +253,7 @@ def test_local_scores_enter_the_pair_model():
         sims = emb @ emb.T
         far = np.argsort(-sims, axis=1)[:, 4:]
         np.put_along_axis(out, far, np.nan, 1)
-        return np.fmax(out, out.T)
+        return {"local": np.log1p(np.fmax(out, out.T))}
 
     cc = load_config()["cluster"]
     labels, det = cluster.cluster_competition(train, emb_tr, test, emb_te, cc, fake_local, verbose=False)
@@ -344,7 +344,9 @@ def test_cluster_local_fn_matches_each_photo_with_its_nearest(tiny_2026):
     meta = read_competition(tiny_2026)
     frame = meta[(meta["dataset"] == "SynSalamander") & (meta["split"] == "test")].reset_index(drop=True)
     emb = combine(embed_frame(frame, conf))
-    local = cluster_local_fn(conf, plan_matching(meta, conf))(frame, emb)
+    cols = cluster_local_fn(conf, plan_matching(meta, conf))(frame, emb)
+    assert list(cols) == ["local"]  # cluster.local_columns=strict: the first matcher's strict count alone
+    local = cols["local"]
     m = len(frame)
     assert local.shape == (m, m) and local.dtype == np.float32
     done = np.isfinite(local)
@@ -355,6 +357,62 @@ def test_cluster_local_fn_matches_each_photo_with_its_nearest(tiny_2026):
     np.put_along_axis(knn, np.argsort(-sims, axis=1, kind="stable")[:, :2], True, 1)
     assert np.array_equal(done, knn | knn.T)  # exactly the pairs of each photo with its 2 nearest (top views only)
     assert (local[done] >= 0).all()
+
+
+def test_one_pair_stage_serves_both_tasks(tiny_2025):
+    """The clustering's local scores come from the identification's pair stage (candidates, score_candidates): for a
+    photo pair both tasks match, the clustering's column holds the identification's value; with
+    cluster.local_columns=all every column of every matcher arrives, and the clustering's pair model reads them."""
+    import pandas as pd
+
+    from kit.data import labelled_mask, read_competition
+    from kit.pipeline import combine, embed_frame, plan_matching
+    from kit.pipeline.identification import dataset_candidates
+    from kit.pipeline.local import cluster_local_fn
+
+    conf = load_config(overrides=["embed.image_size=64", "embed.num_workers=0", "rerank.enabled=true",
+                                  "rerank.extractor=sift", "rerank.num_workers=0", "cluster.rerank_topk=4",
+                                  "cluster.local_columns=all", "head.enabled=false"])
+    meta = read_competition(tiny_2025)
+    part = meta[meta["dataset"] == meta["dataset"].iloc[0]]
+    lab = np.asarray(labelled_mask(part))
+    db, q = part[lab].reset_index(drop=True), part[~lab].reset_index(drop=True)
+    embs_db, embs_q = embed_frame(db, conf), embed_frame(q, conf)
+    plan = plan_matching(meta, conf, verbose=False)
+    t = dataset_candidates(db, q, embs_db, embs_q, conf, plan)
+    frame = pd.concat([db, q], ignore_index=True)
+    emb = combine({d: np.concatenate([embs_db[d], embs_q[d]]) for d in embs_db})
+    cols = cluster_local_fn(conf, plan)(frame, emb)
+    ident = [n for n in t["q"].cols if n.startswith("sift:") and not n.endswith(":missing")]
+    assert set(cols) == {"local"} | {f"local:{n}" for n in ident if n != "sift:n_strict"}
+    # oracle: each pair's score read from the one pair cache, as from its first photo
+    from kit.cache import cache_root
+    from kit.rerank import score_pairs
+
+    paths = frame["filepath"].tolist()
+
+    def read(pairs, col):
+        got = score_pairs(plan.scorers[0], paths, paths, np.asarray(pairs, np.int64), cache_root(conf["cache"]))
+        return np.log1p(np.maximum(got[col], 0))
+
+    cand = t["q"]
+    r, k = np.nonzero(cand.cols["sift:missing"] == 0)
+    assert len(r) >= len(q)
+    pairs = np.stack([len(db) + r, cand.index[r, k]], 1)  # the identification's (query, database photo) pairs
+    assert np.allclose(cand.cols["sift:n_strict"][r, k], read(pairs, "n_strict"))
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    knn = np.zeros(sims.shape, bool)
+    np.put_along_axis(knn, np.argsort(-sims, axis=1, kind="stable")[:, :4], True, 1)
+    for col, name in (("n_strict", "local"), ("n_matches", "local:sift:n_matches")):
+        want = np.full(sims.shape, np.nan, np.float32)
+        i, j = np.nonzero(knn)
+        want[i, j] = read(np.stack([i, j], 1), col)
+        assert np.allclose(cols[name], np.fmax(want, want.T), equal_nan=True)  # each photo's 4 nearest, both ways
+    f = cluster.pair_features(emb, frame["orientation"].tolist(), local=cols)
+    assert {"local", "local_missing", "local:sift:n_matches"} <= set(f)
+    names = cluster.select._feature_names(False, tuple(cols), 0)
+    assert "local:sift:n_matches" in names and "local" in names
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -437,3 +495,35 @@ def test_shared_pair_model_clusters_with_the_identifications_model_and_out_of_fo
     rows = feats[0]["truth"] == who
     assert rows.any() and np.array_equal(raw[0][rows], raw2[0][rows])
     assert any(not np.array_equal(a, b) for a, b in zip(raw, raw2))  # the relabelling did reach other models
+
+
+def test_own_pair_model_cut_on_out_of_fold_p():
+    """cluster.cut_on=out-of-fold: each held-out pair's P comes from own pair models that never fitted a pair of its
+    row photo's identity: relabelling that identity's photos (in every fold) moves none of its rows' P, while the
+    in-sample P does move; the clustering still works."""
+    from kit.cluster.features import MeanPairModel, out_of_fold
+
+    train, emb_tr, test, emb_te, truth = synthetic(datasets=("A",), test_only=())
+    conf = load_config(overrides=["cluster.cut_on=out-of-fold"])
+    labels, _ = cluster.cluster_competition(train, emb_tr, test, emb_te, conf["cluster"], verbose=False)
+    assert adjusted_rand_score(truth, labels) > 0.8
+    folds = cluster.heldout_folds(train, emb_tr, conf["cluster"])
+    model = cluster.fit_cluster_model(folds, conf["cluster"])
+    assert isinstance(model.pair_model, MeanPairModel) and len(model.pair_model.models) == 5  # the test's P: theirs
+    insample = cluster.fit_cluster_model(folds, {**conf["cluster"], "cut_on": "in-sample"})
+    assert isinstance(insample.pair_model, cluster.PairModel)
+    feats = [{"feats": cluster.pair_features(f["emb"], neighbours=5), "truth": f["truth"], "keys": f["keys"]}
+             for f in folds]
+    names = ("cos", "csls", "rank")
+    raw = out_of_fold(feats, names, "logistic", 10_000, 0, symmetric=False)
+    sym = out_of_fold(feats, names, "logistic", 10_000, 0)
+    assert np.allclose(sym[0], sym[0].T) and np.allclose(np.diag(sym[0]), 1) and (sym[0] < 1).any()
+    who = feats[0]["truth"][0]
+    other = next(t for t in feats[0]["truth"] if t != who)
+    moved = [{**f, "truth": np.where(f["truth"] == who, other, f["truth"])} for f in feats]
+    raw2 = out_of_fold(moved, names, "logistic", 10_000, 0, symmetric=False)
+    rows = feats[0]["truth"] == who
+    assert rows.any() and np.array_equal(raw[0][rows], raw2[0][rows])
+    in1 = cluster.fit_pair_model(feats, names).predict(feats[0]["feats"])
+    in2 = cluster.fit_pair_model(moved, names).predict(feats[0]["feats"])
+    assert not np.allclose(in1[rows], in2[rows])  # in-sample P does see the relabelling

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kit import metrics, retrieve
 from kit.config import DEFAULTS
@@ -26,11 +27,12 @@ def _r1(q, g, q_labels, g_labels) -> float:
     return metrics.rank_k(retrieve.ranked_labels(q @ g.T, g_labels, 1), q_labels, ks=(1,))["R-1"]
 
 
-def test_a_head_recovers_identity_hidden_in_a_few_noisy_dimensions():
+@pytest.mark.parametrize("loss", ["arcface", "supcon", "both"])
+def test_a_head_recovers_identity_hidden_in_a_few_noisy_dimensions(loss):
     x, labels = _world(0)
     gallery = np.arange(len(x)) % 6 != 0  # one photo of each identity is the query, never trained on
     frozen = _r1(x[~gallery], x[gallery], labels[~gallery], labels[gallery])
-    head = fit_head(x[gallery], labels[gallery], HC)
+    head = fit_head(x[gallery], labels[gallery], {**HC, "loss": loss})
     learned = _r1(head.project(x[~gallery]), head.project(x[gallery]), labels[~gallery], labels[gallery])
     assert frozen < 0.1 and learned > frozen + 0.3, (frozen, learned)
     # the map weighs the identity dimensions far above the nuisance ones

@@ -47,9 +47,10 @@ SIGNS = {"cos": 1, "csls": 1, "rank": -1, "via": 1, "local": 1, "cos_head": 1, "
 _EPS = 1e-4
 
 
-# A local scorer: (frame of m images with filepath/orientation, their [m, D] embeddings) -> [m, m] float32 local
-# match score, NaN where a pair was not matched. kit.pipeline builds one from kit.rerank when re-ranking is on.
-LocalFn = Callable[[pd.DataFrame, np.ndarray], np.ndarray]
+# A local scorer: (frame of m images with filepath/orientation, their [m, D] embeddings) -> {column: [m, m] float32}
+# local match scores (already log1p-scaled counts), NaN where a pair was not matched; "local" is the one the pair
+# model reads by default. kit.pipeline builds one on the identification's pair stage when re-ranking is on.
+LocalFn = Callable[[pd.DataFrame, np.ndarray], dict]
 
 
 @dataclass
@@ -124,8 +125,8 @@ def pair_features(emb: np.ndarray, orientation=None, *, memberships: csr_matrix 
     """Pair features of M images, each ``[M, M] float32`` and symmetric.
 
     ``emb: [M, D]`` L2-normalised; ``orientation: [M]`` (None = unknown); ``memberships: [M, I]`` from
-    TrainLinker.memberships (adds ``via``, ``both_known``); ``local: [M, M]`` local scores, NaN = not matched
-    (adds ``local`` = log1p(score), 0 where missing, and ``local_missing``); ``neighbours > 0`` adds
+    TrainLinker.memberships (adds ``via``, ``both_known``); ``local: {name: [M, M]}`` a LocalFn's columns, NaN = not
+    matched (each added under its name, 0 where missing, and ``local_missing`` from the first); ``neighbours > 0`` adds
     ``csls`` and ``rank`` (neighbour_features; ``emb_pool: [N, D]`` train photos join the neighbourhoods).
     ``emb_head: [M, d]`` the photos in a metric head's space (kit/head.py) adds ``cos_head`` and ``csls_head`` (its
     neighbourhoods of ``max(neighbours, 5)`` among the photos and ``head_pool: [N, d]``, the train photos there).
@@ -143,13 +144,14 @@ def pair_features(emb: np.ndarray, orientation=None, *, memberships: csr_matrix 
         feats["via"] = np.minimum(1.0, (memberships @ memberships.T).toarray()).astype(np.float32)
         known = np.minimum(1.0, np.asarray(memberships.sum(1)).ravel()).astype(np.float32)
         feats["both_known"] = np.outer(known, known)
-    if local is not None:
-        local = np.asarray(local, np.float32)
-        if local.shape != (m, m):
-            raise ValueError(f"local scores must be [{m}, {m}], got {local.shape}")
-        missing = ~np.isfinite(local)
-        feats["local"] = np.where(missing, 0.0, np.log1p(np.maximum(local, 0))).astype(np.float32)
-        feats["local_missing"] = missing.astype(np.float32)
+    for i, (name, x) in enumerate((local or {}).items()):
+        x = np.asarray(x, np.float32)
+        if x.shape != (m, m):
+            raise ValueError(f"local scores {name!r} must be [{m}, {m}], got {x.shape}")
+        missing = ~np.isfinite(x)
+        feats[name] = np.where(missing, 0.0, x).astype(np.float32)
+        if i == 0:
+            feats["local_missing"] = missing.astype(np.float32)
     if emb_head is not None:
         z = np.ascontiguousarray(emb_head, np.float32)
         feats["cos_head"] = z @ z.T
@@ -178,16 +180,17 @@ class PairModel:
             x = logit(np.clip(p, _EPS, 1 - _EPS)) + 1e-3 * x  # the small cosine term breaks isotonic ties
         return x
 
-    def predict(self, feats: dict[str, np.ndarray], shift: float = 0.0) -> np.ndarray:
+    def predict(self, feats: dict[str, np.ndarray], shift: float = 0.0, square: bool = True) -> np.ndarray:
         """``[M, M] float32`` P(same individual) from ``pair_features`` output (diagonal set to 1); ``shift`` is
-        added to the logit (a prior correction)."""
+        added to the logit (a prior correction). ``square=False``: any shape of rows, the diagonal left as is."""
         z = None
         for f, name in enumerate(self.features):
             weight = np.float32(self.coef[f] / self.scale[f])
             term = (self._column(feats, name).astype(np.float32) - self.mean[f]) * weight
             z = term if z is None else z + term
         prob = expit(z + np.float32(self.intercept + shift)).astype(np.float32)
-        np.fill_diagonal(prob, 1.0)
+        if square:
+            np.fill_diagonal(prob, 1.0)
         return prob
 
     def describe(self) -> dict[str, float]:
@@ -263,6 +266,69 @@ def fit_shared_pair_model(folds: list[dict], features: tuple[str, ...], pc: dict
         start += len(r)
         probs.append((p + p.T) / 2 if symmetric else p)  # the directions come from the two identities' folds
     return SharedPairModel(fit.model, tuple(fit.model.names)), probs
+
+
+@dataclass
+class MeanPairModel:
+    """The mean P(same) of several PairModels over the same features: the test scored by the out-of-fold group
+    models the cut was chosen with (cluster.cut_on=out-of-fold), so that cut and test read P on one scale."""
+
+    models: list  # PairModel each
+    full: PairModel  # fitted on all held-out pairs: what describe() reports
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.full.features
+
+    def predict(self, feats: dict[str, np.ndarray], shift: float = 0.0) -> np.ndarray:
+        prob = sum(m.predict(feats, shift) for m in self.models) / np.float32(len(self.models))
+        return prob.astype(np.float32)
+
+    def describe(self) -> dict[str, float]:
+        return self.full.describe()
+
+
+def out_of_fold(folds: list[dict], features: tuple[str, ...], calibration: str, max_pairs: int, seed: int,
+                groups: int = 5, symmetric: bool = True, models: list | None = None) -> list[np.ndarray]:
+    """Per held-out fold, ``[m, m] float32`` P(same) of the own pair model, each direction of a pair from a model
+    that never fitted a pair of its row photo's identity: the cut is then chosen on P the way the test's will be.
+
+    ``folds``: ``{"feats": {name: [m, m]}, "truth": [m], "keys": [m]}`` (``keys``: identity keys, ``splits.anchors``;
+    the same identity shares a key across folds). The identities are dealt into ``groups`` (``splits.name_folds``);
+    group g's model is fitted on the pairs of the photos of the other groups only, and gives ``[i, j]`` for every row
+    photo i of group g; the two directions are averaged (``symmetric=False`` keeps each row's own). A group whose
+    complement holds no pair of both kinds keeps the model of all pairs for its rows. ``models``: a list the group
+    models are appended to (for MeanPairModel).
+    """
+    from ..splits import name_folds
+
+    keys = np.concatenate([np.asarray(f["keys"], dtype=str) for f in folds])
+    group_of = dict(zip(keys, name_folds(keys, groups, seed)))
+    row_groups = [np.array([group_of[k] for k in np.asarray(f["keys"], dtype=str)]) for f in folds]
+    full = fit_pair_model(folds, features, calibration, max_pairs, seed)
+    probs = [np.ones((len(f["truth"]), len(f["truth"])), np.float32) for f in folds]
+    for g in sorted(set(group_of.values())):
+        rest = []
+        for f, rg in zip(folds, row_groups):
+            keep = np.flatnonzero(rg != g)
+            rest.append({"feats": {n: f["feats"][n][np.ix_(keep, keep)] for n in features},
+                         "truth": np.asarray(f["truth"], dtype=object)[keep]})
+        try:
+            pm = fit_pair_model(rest, features, calibration, max_pairs, seed)
+        except ValueError:
+            pm = full
+        if models is not None:
+            models.append(pm)
+        for f, rg, p in zip(folds, row_groups, probs):
+            rows = rg == g
+            if rows.any():
+                p[rows] = pm.predict({n: f["feats"][n][rows] for n in features}, square=False)
+    out = []
+    for p in probs:
+        p = ((p + p.T) / 2).astype(np.float32) if symmetric else p
+        np.fill_diagonal(p, 1.0)
+        out.append(p)
+    return out
 
 
 def _upper(x: np.ndarray) -> np.ndarray:

@@ -20,8 +20,8 @@ from ..errors import ConfigError
 from ..schema import cluster_label
 from ..splits import anchors, open_set_split
 from .features import (DIRECT_FEATURES, HEAD_FEATURES, LINK_FEATURES, LOCAL_FEATURES, NEIGHBOUR_FEATURES, LocalFn,
-                       PairModel, TrainLinker, _linker_pairs, fit_linker, fit_pair_model, fit_shared_pair_model,
-                       pair_features)
+                       MeanPairModel, PairModel, TrainLinker, _linker_pairs, fit_linker, fit_pair_model,
+                       fit_shared_pair_model, out_of_fold, pair_features)
 from .constraints import cluster_with_links, constrain, index_links
 from .linkage import CUT_GRID, ari_curve, cluster_matrix
 
@@ -92,7 +92,7 @@ def heldout_folds(train: pd.DataFrame, emb_train: np.ndarray, cc: dict, local_fn
 class ClusterModel:
     """Everything fitted for one dataset: how to score pairs, and how to cut."""
 
-    pair_model: PairModel
+    pair_model: PairModel  # or a MeanPairModel (cluster.cut_on=out-of-fold), a SharedPairModel (pair_model=shared)
     method: str  # "average" | "complete" | "components"
     cut: float  # P(same) a merge needs
     edge_cut: float | None  # components only: P(same) an edge needs
@@ -113,9 +113,11 @@ class ClusterModel:
                 **({"note": self.note} if self.note else {})}
 
 
-def _feature_names(links: bool, local: bool, neighbours: int, head: bool = False) -> tuple[str, ...]:
+def _feature_names(links: bool, local: tuple[str, ...], neighbours: int, head: bool = False) -> tuple[str, ...]:
+    """The pair model's features; ``local``: the LocalFn's column names (empty: no local matching)."""
+    more = tuple(n for n in local if n not in LOCAL_FEATURES)  # cluster.local_columns=all: every matcher column
     return (DIRECT_FEATURES + (NEIGHBOUR_FEATURES if neighbours > 0 else ()) + (LINK_FEATURES if links else ())
-            + (LOCAL_FEATURES if local else ()) + (HEAD_FEATURES if head else ()))
+            + (LOCAL_FEATURES + more if local else ()) + (HEAD_FEATURES if head else ()))
 
 
 def reads_head(cc: dict) -> bool:
@@ -137,6 +139,11 @@ def _spaces(emb, emb_pool, z, z_pool, w: float):
     if w <= 0:
         return emb, emb_pool
     return head_space(emb, z, w), (None if emb_pool is None else head_space(emb_pool, z_pool, w))
+
+
+def _reads_local(model: "ClusterModel") -> bool:
+    """Whether the model's pair model reads any local column (column selection may keep some and drop others)."""
+    return any(n.startswith("local") for n in model.pair_model.features)
 
 
 def _methods(cc: dict) -> list[str]:
@@ -227,7 +234,7 @@ def _fit_heldout(folds: list[dict], cc: dict, links: bool = True, pool: bool = T
         if pairs:
             linker = fit_linker(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]),
                                 int(cc["link_topk"]))
-    has_local = all(f["local"] is not None for f in folds)
+    has_local = tuple(folds[0]["local"]) if all(f["local"] is not None for f in folds) else ()
     feats = []
     for f, (e, g), (le, lg) in zip(folds, spaces, lspaces):
         mem = None
@@ -246,7 +253,13 @@ def _fit_heldout(folds: list[dict], cc: dict, links: bool = True, pool: bool = T
     else:
         pm = fit_pair_model([{"feats": x, "truth": t} for x, t in zip(feats, truths)], names, cc["calibration"],
                             int(cc["max_pairs"]), int(cc["seed"]))
-        probs = [pm.predict(x) for x in feats]
+        if cc["cut_on"] == "out-of-fold":  # the test is then scored by the same group models: P on one scale
+            group_models: list = []
+            probs = out_of_fold([{"feats": x, "truth": f["truth"], "keys": f["keys"]} for x, f in zip(feats, folds)],
+                                names, cc["calibration"], int(cc["max_pairs"]), int(cc["seed"]), models=group_models)
+            pm = MeanPairModel(group_models, pm)
+        else:
+            probs = [pm.predict(x) for x in feats]
     sizes = [len(t) for t in truths]
     model = ClusterModel(pm, "average", 0.5, None, linker, {}, note=note, neighbours=k, train_pool=pool,
                          head_space=w, head_feature=head_feat, head_links=wl)
@@ -306,7 +319,7 @@ def predict_clusters(model: ClusterModel, emb: np.ndarray, orientation=None, *, 
     mem = None
     if model.linker is not None and emb_train is not None and len(emb_train):
         mem = model.linker.memberships(lemb, lemb_train, np.asarray(train_labels, dtype=object))
-    if "local" not in model.pair_model.features:
+    if not _reads_local(model):
         local = None
     pool = emb_train if model.train_pool else None
     feats = pair_features(emb, orientation, memberships=mem, local=local, neighbours=model.neighbours, emb_pool=pool,
@@ -410,7 +423,7 @@ def cluster_competition(train: pd.DataFrame, emb_train: np.ndarray, test: pd.Dat
             model_note = ""
         sub = test.iloc[qrows]
         local = None
-        if local_fn is not None and "local" in model.pair_model.features:
+        if local_fn is not None and _reads_local(model):
             local = local_fn(sub, emb_test[qrows])
         own = index_links(sub["image_id"].to_numpy(dtype=object), links) if links is not None else None
         lab, _ = predict_clusters(model, emb_test[qrows], _orientation(sub), emb_train=emb_train[trows],

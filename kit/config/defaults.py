@@ -127,6 +127,10 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "scale": Float(30.0, 0, open=True),  # ArcFace logit scale s
         "margin": Float(0.3, 0, 1.5),  # ArcFace additive angular margin (radians); 0 = normalised softmax
         "subcenters": Int(1, 1, 16),  # sub-centres per identity (sub-center ArcFace); 1 = plain ArcFace
+        # "arcface" | "supcon" (supervised contrastive, full batch) | "both" (summed); on nyala the head alone gave R-1
+        # 0.224 / 0.239 / 0.234 (mean of seeds 0-3, bench/head_designs.py): within noise of each other
+        "loss": Choice("arcface", "arcface", "supcon", "both"),
+        "temperature": Float(0.05, 0, 1, open=True),  # SupCon temperature (head.loss=supcon or both)
         # the map is learned on the inputs' top principal directions (at most this many): the same head, faster when
         # photos are fewer than dimensions; 0 = on all inputs
         "pca": Int(256, 0, 100000),
@@ -197,8 +201,13 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         # the pair model: "own" = the clustering's signed logistic regression, the cut chosen on its in-sample P;
         # "shared" = the identification's (kit/pairmodel.py, settings in the pairmodel section: method, column
         # selection, identity-grouped folds), the cut chosen on its out-of-fold P. Own by default: on nyala (seeds
-        # 0-3) ARI 0.094 mean own, 0.059 shared, 0.083 shared with pairmodel.features=all (bench/README.md)
+        # 0-3, in-sample cut) ARI 0.094 mean own, 0.059 shared, 0.083 shared with pairmodel.features=all
         "pair_model": Choice("own", "own", "shared"),
+        # own pair model: the P the cut is chosen on. "out-of-fold": 5 identity groups, each direction of a held-out
+        # pair from the model that never fitted a pair of its row photo's identity, and the test scored by the mean
+        # of those same group models (one P scale for cut and test); "in-sample": the model fitted on all held-out
+        # pairs, for both. On nyala (seeds 0-3) ARI 0.097 mean out-of-fold, 0.094 in-sample
+        "cut_on": Choice("out-of-fold", "out-of-fold", "in-sample"),
         # own pair model: cosine into it "logistic" (raw) | "isotonic" (calibrated first)
         "calibration": Choice("logistic", "logistic", "isotonic"),
         # held-out splits of the train identities that fit the pair model and choose method/cut
@@ -215,12 +224,18 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "max_pairs": Int(2000000, 1),  # held-out pairs the pair model is fitted on at most (uniform subsample)
         # cosine cut (average linkage) used only when NO dataset has training identities
         "fallback_cut": Float(0.7, -1, 1),
-        # with rerank.enabled: LightGlue on each test photo's k nearest test photos; 0 disables
+        # with local matching on: the identification's matchers (kit/pipeline/local.py score_candidates, the same
+        # cached pair scores) on each test photo's k nearest test photos; 0 disables
         "rerank_topk": Int(20, 0),
+        # which local columns of the pair stage (kit/pipeline/local.py, the identification's candidates and matchers)
+        # the pair model reads: "strict" = the first matcher's strict match count; "all" = every matcher's every
+        # column (counts, confidence sums, ...) beside it. On nyala (RootSIFT, seeds 0-3) ARI 0.094 mean strict,
+        # 0.096 all (0.054 with cluster.pair_model=shared)
+        "local_columns": Choice("strict", "strict", "all"),
         # the metric head (kit/head.py, settings in the head section) in the clustering, where head.enabled allows
         # it: every held-out fold gets its own head trained on that fold's pseudo-train only (it never sees the
         # identities it is judged on), the test a head trained on all the dataset's train photos. All off: on nyala
-        # (seeds 0-3) none lifted the ARI (0.094 mean without; head_feature 0.090, head_links=1 0.072; bench/README.md)
+        # (seeds 0-3, in-sample cut) none lifted the ARI (0.094 mean without; head_feature 0.090, head_links=1 0.072)
         # head_space: weight w of the head's cosine in the clustering space, the pair cosine (and the train links and
         # neighbourhoods read from it) being (1 - w) frozen + w head; 0 = the frozen space only (off), 1 = the head's
         "head_space": Float(0.0, 0, 1),

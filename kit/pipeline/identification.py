@@ -122,12 +122,7 @@ def dataset_candidates(dbf: pd.DataFrame, qf: pd.DataFrame, ed: dict, eq: dict, 
     if plan.scorers:
         paths = dbf["filepath"].tolist()
         for part, qpaths in (("db", paths), ("new", paths), ("q", qf["filepath"].tolist())):
-            cand = out[part]
-            skip = np.zeros(cand.index.shape, bool)
-            skip[:, plan.topk:] = True  # candidates past the plan's shortlist keep their global evidence only
-            if rc["skip_opposite_flanks"]:
-                skip |= cand.cols["flank_opposite"] > 0
-            score_candidates(plan, cand, qpaths, paths, labels, conf, skip)
+            score_candidates(plan, out[part], qpaths, paths, labels, conf, plan.topk)
     return {**out, "cdb": cdb, "cq": cq, "keys": keys, "head_q": h_q if use_head else None}
 
 

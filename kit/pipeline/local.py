@@ -164,51 +164,61 @@ def _as_k(topk, meta: pd.DataFrame) -> int:
 
 
 def score_candidates(plan: Plan, cand: Candidates, paths_q: list[str], paths_db: list[str], labels_db: np.ndarray,
-                     conf: dict, skip: np.ndarray | None = None) -> None:
+                     conf: dict, topk: int, memo: dict | None = None) -> None:
     """Fill ``cand`` with every planned matcher's columns (``add_local``; ``labels_db [N]`` the database identities,
-    for the identity-weighted score); ``skip [R, K] bool`` pairs stay unmatched (opposite flanks with
-    rerank.skip_opposite_flanks)."""
+    for the identity-weighted score). Only each row's first ``topk`` candidates are matched; the rest, and with
+    rerank.skip_opposite_flanks the opposite-flank pairs, keep their global evidence only. ``memo``: pair scores
+    kept in memory across calls when the disk cache is off. The one place both tasks get local scores from."""
     from ..rerank import score_pairs
 
-    done = cand.valid & (True if skip is None else ~skip)
+    done = cand.valid.copy()
+    done[:, max(0, int(topk)):] = False
+    if conf["rerank"]["skip_opposite_flanks"]:
+        done &= ~(cand.cols["flank_opposite"] > 0)
     rows = np.broadcast_to(np.arange(len(done))[:, None], done.shape)[done]
     pairs = np.stack([rows, cand.index[done]], 1)
     cache_dir = cache_root(conf["cache"])
     for scorer in plan.scorers:
-        scores = score_pairs(scorer, paths_q, paths_db, pairs, cache_dir)
+        scores = score_pairs(scorer, paths_q, paths_db, pairs, cache_dir, memo=None if cache_dir else memo)
         add_local(cand, scorer.name, scores, done, labels_db)
 
 
 def cluster_local_fn(conf: dict, plan: Plan) -> LocalFn | None:
-    """The 2026 clustering's local scores: a LocalFn matching each photo against its ``cluster.rerank_topk``
-    nearest photos (by cosine) with the plan's first matcher, returning the strict match count of each matched
-    pair (NaN elsewhere), symmetrised by the max of both directions. None when the plan matches nothing or
-    ``cluster.rerank_topk`` is 0."""
+    """The 2026 clustering's local scores, from the identification's pair stage: each photo is a query against the
+    others (``pairs.candidates``, shortlist of its ``cluster.rerank_topk`` nearest by mean cosine, each photo its own
+    identity), matched by every planned matcher (``score_candidates``: the same cached pair scores, the same
+    log1p columns). Returns ``{column: [m, m] float32}`` symmetrised by the max of both directions, NaN where a pair
+    was not matched: ``local`` the first matcher's strict count (what the clustering reads by default) and, with
+    ``cluster.local_columns=all``, ``local:<matcher>:<column>`` for every matcher's every column. None when the
+    plan matches nothing or ``cluster.rerank_topk`` is 0."""
     k = int(conf["cluster"]["rerank_topk"])
     if not plan.scorers or k <= 0:
         return None
-    from ..rerank import orientation_pair_mask, score_pairs
-    from ..retrieve import topk_cosine
+    from .pairs import candidates, flanks
 
-    scorer, cache_dir, chunk = plan.scorers[0], cache_root(conf["cache"]), int(conf["retrieve"]["chunk_size"])
+    every = conf["cluster"]["local_columns"] == "all"
     memo: dict = {}
 
-    def local_fn(frame: pd.DataFrame, emb: np.ndarray) -> np.ndarray:
+    def local_fn(frame: pd.DataFrame, emb: np.ndarray) -> dict[str, np.ndarray]:
         m = len(frame)
-        out = np.full((m, m), np.nan, np.float32)
         if m < 2:
-            return out
-        _, index = topk_cosine(emb, emb, min(k, m - 1) + 1, chunk_size=chunk)
-        index = np.stack([r[r != i][:min(k, m - 1)] for i, r in enumerate(index)])  # the photo itself dropped
-        mask = np.ones(index.shape, bool)
-        if conf["rerank"]["skip_opposite_flanks"] and "orientation" in frame.columns:
-            o = frame["orientation"].to_numpy()
-            mask &= orientation_pair_mask(o, o, index)
-        rows = np.broadcast_to(np.arange(m)[:, None], index.shape)
-        pairs = np.stack([rows[mask], index[mask]], 1)
+            return {"local": np.full((m, m), np.nan, np.float32)}
+        e = {"mean": np.asarray(emb, np.float32)}  # the descriptors side by side: their mean cosine, as a shortlist
+        keys = np.arange(m)  # every photo its own identity: no per-identity cap, identity-weighted = per photo
+        fl = flanks(frame)
+        cand = candidates(e, e, keys, min(k, m - 1), 0, True, fl, fl)
         paths = frame["filepath"].tolist()
-        score = score_pairs(scorer, paths, paths, pairs, cache_dir, memo=None if cache_dir else memo)["n_strict"]
-        out[pairs[:, 0], pairs[:, 1]] = score
-        return np.fmax(out, out.T)
+        score_candidates(plan, cand, paths, paths, keys, conf, k, memo)
+        first = f"{plan.scorers[0].name}:n_strict"
+        names = [first] + ([n for n in cand.cols if n.split(":")[0] in plan.names and n != first
+                            and not n.endswith(":missing")] if every else [])
+        rows = np.broadcast_to(np.arange(m)[:, None], cand.index.shape)
+        out = {}
+        for n in names:
+            dense = np.full((m, m), np.nan, np.float32)
+            done = cand.cols[f"{n.split(':')[0]}:missing"] == 0
+            dense[rows[done], cand.index[done]] = cand.cols[n][done]
+            out["local" if n == first else f"local:{n}"] = np.fmax(dense, dense.T)
+        return out
 
     return local_fn
