@@ -50,7 +50,8 @@ def fit_head(x: np.ndarray, labels: np.ndarray, hc: dict, cache_dir: Path | None
     """Train a head on ``x: [N, D] float32`` (L2-normalised descriptors) with identities ``labels: [N]``.
 
     Full-batch (sub-center) ArcFace over a bias-free linear map D -> ``head.dim`` (or, with ``head.loss``, the
-    supervised contrastive loss at ``head.temperature``, or both summed): ``head.steps`` AdamW steps at
+    supervised contrastive loss at ``head.temperature``, or both summed; SupCon alone on photos of which no two
+    share an identity falls back to ArcFace, having no pair to contrast): ``head.steps`` AdamW steps at
     ``head.lr``, scale ``head.scale``, margin ``head.margin``, Gaussian noise of sd ``head.noise`` on the inputs
     each step (a few thousand photos memorise fast; the noise keeps the map smooth). Seeded and deterministic;
     cached under ``cache_dir/head`` by the inputs and settings.
@@ -87,6 +88,8 @@ def fit_head(x: np.ndarray, labels: np.ndarray, hc: dict, cache_dir: Path | None
     opt = torch.optim.AdamW([proj, centres], lr=float(hc["lr"]), weight_decay=float(hc["weight_decay"]))
     s, m, noise = float(hc["scale"]), float(hc["margin"]), float(hc["noise"])
     rows, losses, temp = torch.arange(len(yt)), hc["loss"], float(hc["temperature"])
+    if losses == "supcon" and not np.bincount(y).max() > 1:
+        losses = "arcface"  # no identity with two photos: nothing to contrast; ArcFace still learns from centres
     eye = torch.eye(len(yt)) if losses != "arcface" else None
     positives = (yt[:, None] == yt[None, :]).float() - eye if eye is not None else None
     with torch.enable_grad():

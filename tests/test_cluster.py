@@ -409,6 +409,8 @@ def test_one_pair_stage_serves_both_tasks(tiny_2025):
         i, j = np.nonzero(knn)
         want[i, j] = read(np.stack([i, j], 1), col)
         assert np.allclose(cols[name], np.fmax(want, want.T), equal_nan=True)  # each photo's 4 nearest, both ways
+    one = cluster_local_fn(conf, plan)(frame.iloc[:1], emb[:1])  # a dataset of one test photo: no pair, all columns
+    assert set(one) == set(cols) and all(v.shape == (1, 1) and np.isnan(v).all() for v in one.values())
     f = cluster.pair_features(emb, frame["orientation"].tolist(), local=cols)
     assert {"local", "local_missing", "local:sift:n_matches"} <= set(f)
     names = cluster.select._feature_names(False, tuple(cols), 0)

@@ -59,3 +59,11 @@ def test_pca_over_as_many_directions_as_photos_keeps_what_the_head_learns():
     assert fast.weight.shape == full.weight.shape == (256, 32)
     r1 = [_r1(h.project(x[~gallery]), h.project(x[gallery]), labels[~gallery], labels[gallery]) for h in (full, fast)]
     assert r1[1] > 0.3 and abs(r1[0] - r1[1]) < 0.15, r1
+
+
+def test_a_supcon_head_on_single_photo_identities_still_trains():
+    """SupCon has nothing to contrast when no identity has two photos (a cross-fitting fold can leave that): the
+    head falls back to ArcFace instead of failing or staying at its random start."""
+    x, labels = _world(3, n_ids=10, per=1)
+    head = fit_head(x, labels, {**HC, "loss": "supcon"})
+    assert np.array_equal(head.weight, fit_head(x, labels, {**HC, "loss": "arcface"}).weight)

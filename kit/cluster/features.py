@@ -232,8 +232,8 @@ def fit_shared_pair_model(folds: list[dict], features: tuple[str, ...], pc: dict
 
     Returns (the model fitted on all pairs, per fold ``[m, m] float32`` OUT-OF-FOLD P(same)): a pair's P comes from
     a model that never fitted a pair of its row photo's identity, so the cut is chosen on P the way the test's will
-    be (the own model chooses it on in-sample P). ``symmetric=False`` keeps each direction's own out-of-fold P
-    (``[i, j]`` from the models that never fitted i's identity); by default the two directions are averaged.
+    be (as the own model's is with cluster.cut_on=out-of-fold). ``symmetric=False`` keeps each direction's own
+    out-of-fold P (``[i, j]`` from the models that never fitted i's identity); by default the two are averaged.
     Raises ValueError without both kinds of pair.
     """
     from ..pairmodel import fit_pair_model as fit_pairs
@@ -271,7 +271,8 @@ def fit_shared_pair_model(folds: list[dict], features: tuple[str, ...], pc: dict
 @dataclass
 class MeanPairModel:
     """The mean P(same) of several PairModels over the same features: the test scored by the out-of-fold group
-    models the cut was chosen with (cluster.cut_on=out-of-fold), so that cut and test read P on one scale."""
+    models the cut was chosen with (cluster.cut_on=out-of-fold), so that cut and test read P from models of the same
+    kind (each fitted on 4/5 of the identities; a held-out pair's P averages one or two of them, the test's all)."""
 
     models: list  # PairModel each
     full: PairModel  # fitted on all held-out pairs: what describe() reports
@@ -289,7 +290,8 @@ class MeanPairModel:
 
 
 def out_of_fold(folds: list[dict], features: tuple[str, ...], calibration: str, max_pairs: int, seed: int,
-                groups: int = 5, symmetric: bool = True, models: list | None = None) -> list[np.ndarray]:
+                groups: int = 5, symmetric: bool = True, models: list | None = None,
+                full: PairModel | None = None) -> list[np.ndarray]:
     """Per held-out fold, ``[m, m] float32`` P(same) of the own pair model, each direction of a pair from a model
     that never fitted a pair of its row photo's identity: the cut is then chosen on P the way the test's will be.
 
@@ -297,15 +299,15 @@ def out_of_fold(folds: list[dict], features: tuple[str, ...], calibration: str, 
     the same identity shares a key across folds). The identities are dealt into ``groups`` (``splits.name_folds``);
     group g's model is fitted on the pairs of the photos of the other groups only, and gives ``[i, j]`` for every row
     photo i of group g; the two directions are averaged (``symmetric=False`` keeps each row's own). A group whose
-    complement holds no pair of both kinds keeps the model of all pairs for its rows. ``models``: a list the group
-    models are appended to (for MeanPairModel).
+    complement holds no pair of both kinds keeps the model of all pairs (``full``, fitted here when not given) for
+    its rows. ``models``: a list the group models are appended to (for MeanPairModel).
     """
     from ..splits import name_folds
 
     keys = np.concatenate([np.asarray(f["keys"], dtype=str) for f in folds])
     group_of = dict(zip(keys, name_folds(keys, groups, seed)))
     row_groups = [np.array([group_of[k] for k in np.asarray(f["keys"], dtype=str)]) for f in folds]
-    full = fit_pair_model(folds, features, calibration, max_pairs, seed)
+    full = full or fit_pair_model(folds, features, calibration, max_pairs, seed)
     probs = [np.ones((len(f["truth"]), len(f["truth"])), np.float32) for f in folds]
     for g in sorted(set(group_of.values())):
         rest = []

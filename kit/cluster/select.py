@@ -256,7 +256,8 @@ def _fit_heldout(folds: list[dict], cc: dict, links: bool = True, pool: bool = T
         if cc["cut_on"] == "out-of-fold":  # the test is then scored by the same group models: P on one scale
             group_models: list = []
             probs = out_of_fold([{"feats": x, "truth": f["truth"], "keys": f["keys"]} for x, f in zip(feats, folds)],
-                                names, cc["calibration"], int(cc["max_pairs"]), int(cc["seed"]), models=group_models)
+                                names, cc["calibration"], int(cc["max_pairs"]), int(cc["seed"]), models=group_models,
+                                full=pm)
             pm = MeanPairModel(group_models, pm)
         else:
             probs = [pm.predict(x) for x in feats]
@@ -300,13 +301,14 @@ def fit_fallback_model(folds_by_dataset: dict[str, list[dict]], cc: dict, pc: di
 
 
 def predict_clusters(model: ClusterModel, emb: np.ndarray, orientation=None, *, emb_train: np.ndarray | None = None,
-                     train_labels: np.ndarray | None = None, local: np.ndarray | None = None,
+                     train_labels: np.ndarray | None = None, local: dict[str, np.ndarray] | None = None,
                      links: tuple[np.ndarray, np.ndarray] | None = None,
                      head: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cluster M images of one dataset with a fitted model.
 
     ``emb: [M, D]``; ``emb_train: [N, D]`` and ``train_labels: [N]`` are the gallery of train links (used when
-    the model has a linker). ``links``: ``(must [K, 2], cannot [L, 2])`` row pairs that the labels honour
+    the model has a linker). ``local``: a LocalFn's ``{column: [M, M]}`` (read when the model has local columns).
+    ``links``: ``(must [K, 2], cannot [L, 2])`` row pairs that the labels honour
     (kit/cluster/constraints.py; P is 1 / 0 there). ``head``: ``(z [M, d], z_train [N, d])`` the photos and the
     train photos in the metric head's space, needed when the model reads it (``head_space`` / ``head_feature``).
     Returns (``labels: [M] int64``, ``prob: [M, M] float32``).

@@ -198,7 +198,7 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "link_topk": Int(3, 1),  # train identities kept per test photo for linking
         # k of the neighbourhood pair features (CSLS hubness correction, mutual rank); 0 disables
         "neighbours": Int(5, 0),
-        # the pair model: "own" = the clustering's signed logistic regression, the cut chosen on its in-sample P;
+        # the pair model: "own" = the clustering's signed logistic regression (its cut: cluster.cut_on);
         # "shared" = the identification's (kit/pairmodel.py, settings in the pairmodel section: method, column
         # selection, identity-grouped folds), the cut chosen on its out-of-fold P. Own by default: on nyala (seeds
         # 0-3, in-sample cut) ARI 0.094 mean own, 0.059 shared, 0.083 shared with pairmodel.features=all

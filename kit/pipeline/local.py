@@ -15,7 +15,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -186,31 +186,30 @@ def score_candidates(plan: Plan, cand: Candidates, paths_q: list[str], paths_db:
 def cluster_local_fn(conf: dict, plan: Plan) -> LocalFn | None:
     """The 2026 clustering's local scores, from the identification's pair stage: each photo is a query against the
     others (``pairs.candidates``, shortlist of its ``cluster.rerank_topk`` nearest by mean cosine, each photo its own
-    identity), matched by every planned matcher (``score_candidates``: the same cached pair scores, the same
-    log1p columns). Returns ``{column: [m, m] float32}`` symmetrised by the max of both directions, NaN where a pair
-    was not matched: ``local`` the first matcher's strict count (what the clustering reads by default) and, with
-    ``cluster.local_columns=all``, ``local:<matcher>:<column>`` for every matcher's every column. None when the
-    plan matches nothing or ``cluster.rerank_topk`` is 0."""
+    identity), matched by the planned matchers (``score_candidates``: the same cached pair scores, the same log1p
+    columns; the first matcher alone unless ``cluster.local_columns=all``). Returns ``{column: [m, m] float32}``
+    symmetrised by the max of both directions, NaN where a pair was not matched: ``local`` the first matcher's strict
+    count (what the clustering reads by default) and, with ``cluster.local_columns=all``, ``local:<matcher>:<column>``
+    for every matcher's every column. None when the plan matches nothing or ``cluster.rerank_topk`` is 0."""
     k = int(conf["cluster"]["rerank_topk"])
     if not plan.scorers or k <= 0:
         return None
     from .pairs import candidates, flanks
 
     every = conf["cluster"]["local_columns"] == "all"
+    used = plan if every else replace(plan, scorers=plan.scorers[:1])  # strict reads the first matcher alone
     memo: dict = {}
 
     def local_fn(frame: pd.DataFrame, emb: np.ndarray) -> dict[str, np.ndarray]:
         m = len(frame)
-        if m < 2:
-            return {"local": np.full((m, m), np.nan, np.float32)}
         e = {"mean": np.asarray(emb, np.float32)}  # the descriptors side by side: their mean cosine, as a shortlist
         keys = np.arange(m)  # every photo its own identity: no per-identity cap, identity-weighted = per photo
         fl = flanks(frame)
-        cand = candidates(e, e, keys, min(k, m - 1), 0, True, fl, fl)
+        cand = candidates(e, e, keys, max(0, min(k, m - 1)), 0, True, fl, fl, ranks=False)
         paths = frame["filepath"].tolist()
-        score_candidates(plan, cand, paths, paths, keys, conf, k, memo)
+        score_candidates(used, cand, paths, paths, keys, conf, k, memo)  # a single photo: no pair, every column
         first = f"{plan.scorers[0].name}:n_strict"
-        names = [first] + ([n for n in cand.cols if n.split(":")[0] in plan.names and n != first
+        names = [first] + ([n for n in cand.cols if n.split(":")[0] in used.names and n != first
                             and not n.endswith(":missing")] if every else [])
         rows = np.broadcast_to(np.arange(m)[:, None], cand.index.shape)
         out = {}

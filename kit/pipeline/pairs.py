@@ -58,14 +58,14 @@ class Candidates:
 
 
 def candidates(embs_q: dict[str, np.ndarray], embs_db: dict[str, np.ndarray], labels_db: np.ndarray, k: int,
-               per_identity: int, exclude_self: bool, flank_q, flank_db, exclude: np.ndarray | None = None
-               ) -> Candidates:
+               per_identity: int, exclude_self: bool, flank_q, flank_db, exclude: np.ndarray | None = None,
+               ranks: bool = True) -> Candidates:
     """The shortlist of each row of ``embs_q`` in the database, with the global and flank columns filled.
 
     ``embs_*``: {descriptor: [R, D] / [N, D]} L2-normalised; ``exclude_self``: the rows ARE the database (pseudo-
     queries), so row i never lists itself. ``exclude [R, N] bool``: database photos a row must not see at all (a
     pretend-new photo's own identity): never listed, and not counted in any rank. ``k``: shortlist length (N or
-    more = every photo).
+    more = every photo). ``ranks=False`` leaves out the ``rank:`` columns (three [R, N] int64 arrays to build).
     """
     names = list(embs_db)
     sims = {d: embs_q[d] @ embs_db[d].T for d in names}  # [R, N] each
@@ -82,7 +82,8 @@ def candidates(embs_q: dict[str, np.ndarray], embs_db: dict[str, np.ndarray], la
     safe = np.clip(index, 0, None)
     for d in names:
         out.cols[f"cos:{d}"] = np.where(index >= 0, np.take_along_axis(sims[d], safe, 1), 0).astype(np.float32)
-        out.cols[f"rank:{d}"] = _ranks(sims[d], index)
+        if ranks:
+            out.cols[f"rank:{d}"] = _ranks(sims[d], index)
     fq, fd = np.asarray(flank_q), np.asarray(flank_db)[safe]
     known = (fq[:, None] > 0) & (fd > 0)
     out.cols["flank_same"] = (known & (fq[:, None] == fd)).astype(np.float32)
