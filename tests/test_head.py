@@ -61,9 +61,10 @@ def test_pca_over_as_many_directions_as_photos_keeps_what_the_head_learns():
     assert r1[1] > 0.3 and abs(r1[0] - r1[1]) < 0.15, r1
 
 
-def test_a_supcon_head_on_single_photo_identities_still_trains():
+@pytest.mark.parametrize("loss", ["supcon", "both"])
+def test_a_supcon_head_on_single_photo_identities_still_trains(loss):
     """SupCon has nothing to contrast when no identity has two photos (a cross-fitting fold can leave that): the
     head falls back to ArcFace instead of failing or staying at its random start."""
     x, labels = _world(3, n_ids=10, per=1)
-    head = fit_head(x, labels, {**HC, "loss": "supcon"})
+    head = fit_head(x, labels, {**HC, "loss": loss})
     assert np.array_equal(head.weight, fit_head(x, labels, {**HC, "loss": "arcface"}).weight)

@@ -307,7 +307,8 @@ def out_of_fold(folds: list[dict], features: tuple[str, ...], calibration: str, 
     keys = np.concatenate([np.asarray(f["keys"], dtype=str) for f in folds])
     group_of = dict(zip(keys, name_folds(keys, groups, seed)))
     row_groups = [np.array([group_of[k] for k in np.asarray(f["keys"], dtype=str)]) for f in folds]
-    full = full or fit_pair_model(folds, features, calibration, max_pairs, seed)
+    if full is None:
+        full = fit_pair_model(folds, features, calibration, max_pairs, seed)
     probs = [np.ones((len(f["truth"]), len(f["truth"])), np.float32) for f in folds]
     for g in sorted(set(group_of.values())):
         rest = []

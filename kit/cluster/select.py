@@ -253,7 +253,7 @@ def _fit_heldout(folds: list[dict], cc: dict, links: bool = True, pool: bool = T
     else:
         pm = fit_pair_model([{"feats": x, "truth": t} for x, t in zip(feats, truths)], names, cc["calibration"],
                             int(cc["max_pairs"]), int(cc["seed"]))
-        if cc["cut_on"] == "out-of-fold":  # the test is then scored by the same group models: P on one scale
+        if cc["cut_on"] == "out-of-fold":  # the test is then scored by the same group models
             group_models: list = []
             probs = out_of_fold([{"feats": x, "truth": f["truth"], "keys": f["keys"]} for x, f in zip(feats, folds)],
                                 names, cc["calibration"], int(cc["max_pairs"]), int(cc["seed"]), models=group_models,

@@ -205,8 +205,8 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "pair_model": Choice("own", "own", "shared"),
         # own pair model: the P the cut is chosen on. "out-of-fold": 5 identity groups, each direction of a held-out
         # pair from the model that never fitted a pair of its row photo's identity, and the test scored by the mean
-        # of those same group models (one P scale for cut and test); "in-sample": the model fitted on all held-out
-        # pairs, for both. On nyala (seeds 0-3) ARI 0.097 mean out-of-fold, 0.094 in-sample
+        # of those same group models (models of one kind for cut and test); "in-sample": the model fitted on all
+        # held-out pairs, for both. On nyala (seeds 0-3) ARI 0.097 mean out-of-fold, 0.094 in-sample
         "cut_on": Choice("out-of-fold", "out-of-fold", "in-sample"),
         # own pair model: cosine into it "logistic" (raw) | "isotonic" (calibrated first)
         "calibration": Choice("logistic", "logistic", "isotonic"),
@@ -229,8 +229,8 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "rerank_topk": Int(20, 0),
         # which local columns of the pair stage (kit/pipeline/local.py, the identification's candidates and matchers)
         # the pair model reads: "strict" = the first matcher's strict match count; "all" = every matcher's every
-        # column (counts, confidence sums, ...) beside it. On nyala (RootSIFT, seeds 0-3) ARI 0.094 mean strict,
-        # 0.096 all (0.054 with cluster.pair_model=shared)
+        # column (counts, confidence sums, ...) beside it. On nyala (RootSIFT, seeds 0-3, in-sample cut) ARI 0.094
+        # mean strict, 0.096 all (0.054 with cluster.pair_model=shared); out-of-fold cut 0.097 strict, 0.093 all
         "local_columns": Choice("strict", "strict", "all"),
         # the metric head (kit/head.py, settings in the head section) in the clustering, where head.enabled allows
         # it: every held-out fold gets its own head trained on that fold's pseudo-train only (it never sees the
