@@ -23,6 +23,7 @@ import json
 import os
 import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -319,27 +320,64 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Item i: (``pre(photo i)`` [3, S, S] float32, i); decoded in DataLoader workers."""
+# embed.tta_views: what an augmented view may change. Mild on purpose: a view must stay the same animal and flank
+TTA_AREA = (0.6, 1.0)  # share of the photo a view's random-resized crop keeps
+TTA_ASPECT = (0.8, 1.25)  # the crop's aspect ratio (width / height)
+TTA_ROTATION = 10.0  # degrees, +-
+TTA_COLOUR = 0.3  # brightness, contrast and saturation each scaled by 1 +- this
 
-    def __init__(self, paths: Sequence[str], pre: Preprocess):
-        self.paths, self.pre = list(paths), pre
+
+def tta_view(im, name: str, view: int):
+    """Augmented view ``view`` (1, 2, ...) of the PIL photo ``im`` (file name ``name``) for ``embed.tta_views``: a
+    random-resized crop, a small rotation and a colour change within the TTA_* ranges above, never a mirror (left
+    and right flanks differ). Drawn from a generator seeded by the file name and the view, so every run and machine
+    sees the same views of a photo (what the embedding cache relies on)."""
+    from PIL import Image, ImageEnhance
+
+    rng = np.random.default_rng([zlib.crc32(name.encode()), view])
+    w, h = im.size
+    area = w * h * rng.uniform(*TTA_AREA)
+    aspect = float(np.exp(rng.uniform(np.log(TTA_ASPECT[0]), np.log(TTA_ASPECT[1]))))
+    cw = max(1, min(w, round((area * aspect) ** 0.5)))
+    ch = max(1, min(h, round((area / aspect) ** 0.5)))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    im = im.crop((x0, y0, x0 + cw, y0 + ch)).rotate(float(rng.uniform(-TTA_ROTATION, TTA_ROTATION)),
+                                                    resample=Image.BILINEAR)
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        im = enhance(im).enhance(float(rng.uniform(1 - TTA_COLOUR, 1 + TTA_COLOUR)))
+    return im
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Item i: (``pre(photo i)`` [3, S, S] float32, i); decoded in DataLoader workers. With ``views`` > 0 the
+    item's first element is ``[1 + views, 3, S, S]``: the photo, then its ``tta_view`` 1 .. views."""
+
+    def __init__(self, paths: Sequence[str], pre: Preprocess, views: int = 0):
+        self.paths, self.pre, self.views = list(paths), pre, int(views)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        return self.pre(open_image(self.paths[i], min_side=self.pre.size)), i
+        im = open_image(self.paths[i], min_side=self.pre.size)
+        if not self.views:
+            return self.pre(im), i
+        name = Path(self.paths[i]).name
+        return torch.stack([self.pre(im)] + [self.pre(tta_view(im, name, v)) for v in range(1, self.views + 1)]), i
 
 
 def extract(descriptor: Descriptor, paths: Sequence[str], conf: dict, desc: str = "embed") -> np.ndarray:
-    """Embed images: ``[N, D] float32``, L2-normalised, row i for ``paths[i]`` (asserted)."""
+    """Embed images: ``[N, D] float32``, L2-normalised, row i for ``paths[i]`` (asserted). With ``tta_views`` (and
+    ``tta_flip``) a row is the normalised mean of its views' unit embeddings."""
     pol = device_policy(conf.get("device", "auto"), conf.get("amp", "auto"), conf.get("num_workers", -1))
     device = pol.device
+    views = int(conf.get("tta_views") or 0)
+    # a forward pass holds about batch_size images whatever the views (MegaDescriptor-L on a T4)
+    bs = max(1, conf.get("batch_size", 32) // (1 + views))
     # a worker costs about a second to start: never more workers than batches to decode
-    workers = min(pol.workers, max(0, len(paths) // max(1, conf.get("batch_size", 32))))
+    workers = min(pol.workers, max(0, len(paths) // bs))
     loader = torch.utils.data.DataLoader(
-        ImageDataset(paths, descriptor.preprocess), batch_size=conf.get("batch_size", 32), shuffle=False,
+        ImageDataset(paths, descriptor.preprocess, views), batch_size=bs, shuffle=False,
         num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
     )
     model = descriptor.net.to(device)
@@ -349,12 +387,13 @@ def extract(descriptor: Descriptor, paths: Sequence[str], conf: dict, desc: str 
     order: list[np.ndarray] = []
     with torch.inference_mode(), pol.autocast():
         for x, idx in progress_bar(loader, desc=desc, unit="batch", disable=len(loader) < 3, leave=False):
-            x = x.to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True).flatten(0, x.dim() - 4)  # [B * (1 + views), 3, S, S]
             if device.type == "cuda" and conf.get("channels_last", True):
                 x = x.contiguous(memory_format=torch.channels_last)
-            feats = model(x).float()
+            feats = F.normalize(model(x).float(), dim=1)
             if conf.get("tta_flip"):
-                feats = F.normalize(feats, dim=1) + F.normalize(model(torch.flip(x, dims=[3])).float(), dim=1)
+                feats = feats + F.normalize(model(torch.flip(x, dims=[3])).float(), dim=1)
+            feats = feats.view(len(idx), -1, feats.shape[1]).sum(1)  # each photo's views, summed
             out[idx.numpy()] = F.normalize(feats, dim=1).cpu().numpy()
             order.append(idx.numpy())
     if paths:
@@ -367,7 +406,9 @@ def cache_spec(descriptor: Descriptor, conf: dict) -> dict:
     pre = descriptor.preprocess
     return {"stage": "embed", "model": descriptor.name, "weights": descriptor.weights_id,
             "neck": conf.get("neck", "none"), "size": pre.size, "mean": list(pre.mean), "std": list(pre.std),
-            "interpolation": pre.interpolation, "crop_pct": pre.crop_pct, "tta_flip": bool(conf.get("tta_flip"))}
+            "interpolation": pre.interpolation, "crop_pct": pre.crop_pct, "tta_flip": bool(conf.get("tta_flip")),
+            # only when on: caches made before the setting existed keep their key
+            **({"tta_views": int(conf["tta_views"])} if conf.get("tta_views") else {})}
 
 
 def embed_paths(paths: Sequence[str], conf: dict, cache_dir: Path | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -121,7 +123,7 @@ def test_cache_reuse_and_invalidation(tiny_2025, lite0, monkeypatch):
     a = embed.embed_paths(paths, conf["embed"], cc, lite0)
     b = embed.embed_paths(paths, conf["embed"], cc, lite0)
     assert sum(calls) == 6 and np.array_equal(a, b)  # warm: nothing recomputed (6 rows, in timed chunks)
-    for change in ({"image_size": 72}, {"tta_flip": True}):
+    for change in ({"image_size": 72}, {"tta_flip": True}, {"tta_views": 2}):
         calls.clear()
         conf = _conf(**change)
         lite = embed.load_descriptor(conf["embed"])
@@ -141,6 +143,43 @@ def test_tta_flip_changes_embeddings(tiny_2025, lite0):
     b = embed.embed_paths(paths, _conf(tta_flip=True)["embed"], None, lite0)
     assert not np.allclose(a, b)
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
+
+
+def test_tta_view_is_seeded_by_file_name_and_view():
+    """A view is the same on every call for one (file name, view), another for another name or view, and a crop
+    of 60-100% of the photo (the size a rotation without expansion keeps)."""
+    from sklearn.datasets import load_sample_image
+
+    im = Image.fromarray(load_sample_image("china.jpg"))
+    a = np.asarray(embed.tta_view(im, "a.jpg", 1))
+    assert np.array_equal(a, np.asarray(embed.tta_view(im, "a.jpg", 1)))
+    assert not np.array_equal(a, np.asarray(embed.tta_view(im, "a.jpg", 2)))
+    assert not np.array_equal(a, np.asarray(embed.tta_view(im, "b.jpg", 1)))
+    areas = [np.prod(embed.tta_view(im, "a.jpg", v).size) / np.prod(im.size) for v in range(1, 21)]
+    assert 0.55 <= min(areas) and max(areas) <= 1 and np.ptp(areas) > 0.1
+
+
+def test_tta_views_embed_the_mean_of_the_photo_and_its_views(tiny_2025, lite0):
+    """Oracle: with tta_views=2 a row is the normalised sum of the unit embeddings of the photo and its views 1
+    and 2 (kit.embed.tta_view), whatever the batching; and it is not the plain embedding."""
+    import torch.nn.functional as F
+
+    from kit.data import open_image, read_competition
+
+    paths = read_competition(tiny_2025)["filepath"].tolist()[:3]
+    conf = _conf(tta_views=2)["embed"]
+    lite = embed.load_descriptor(conf)
+    got = embed.embed_paths(paths, conf, None, lite)
+    want = []
+    for p in paths:
+        im = open_image(p, min_side=lite.preprocess.size)
+        views = [im] + [embed.tta_view(im, Path(p).name, v) for v in (1, 2)]
+        with torch.no_grad():
+            f = F.normalize(lite.net(torch.stack([lite.preprocess(v) for v in views])), dim=1).sum(0)
+        want.append(F.normalize(f, dim=0).numpy())
+    np.testing.assert_allclose(got, np.stack(want), atol=1e-4)
+    plain = embed.embed_paths(paths, _conf()["embed"], None, lite)
+    assert np.abs(got - plain).max() > 1e-2
 
 
 def test_miewid_style_checkpoint_loads_by_key_map(tmp_path):

