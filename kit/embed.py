@@ -322,7 +322,7 @@ def _one_thread(_: int) -> None:
 
 # embed.tta_views: what an augmented view may change. Mild on purpose: a view must stay the same animal and flank
 TTA_AREA = (0.6, 1.0)  # share of the photo a view's random-resized crop keeps
-TTA_ASPECT = (0.8, 1.25)  # the crop's aspect ratio (width / height)
+TTA_ASPECT = (0.8, 1.25)  # the crop's aspect ratio, relative to the photo's
 TTA_ROTATION = 10.0  # degrees, +-
 TTA_COLOUR = 0.3  # brightness, contrast and saturation each scaled by 1 +- this
 
@@ -336,10 +336,12 @@ def tta_view(im, name: str, view: int):
 
     rng = np.random.default_rng([zlib.crc32(name.encode()), view])
     w, h = im.size
-    area = w * h * rng.uniform(*TTA_AREA)
+    # share and aspect relative to the photo's: a view keeps the photo's shape (and so the squash to a square
+    # distorts it as it does the photo), and a wide photo loses no more width than a square one
+    share = rng.uniform(*TTA_AREA)
     aspect = float(np.exp(rng.uniform(np.log(TTA_ASPECT[0]), np.log(TTA_ASPECT[1]))))
-    cw = max(1, min(w, round((area * aspect) ** 0.5)))
-    ch = max(1, min(h, round((area / aspect) ** 0.5)))
+    cw = max(1, min(w, round(w * (share * aspect) ** 0.5)))
+    ch = max(1, min(h, round(h * (share / aspect) ** 0.5)))
     x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     im = im.crop((x0, y0, x0 + cw, y0 + ch)).rotate(float(rng.uniform(-TTA_ROTATION, TTA_ROTATION)),
                                                     resample=Image.BILINEAR)

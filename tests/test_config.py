@@ -59,6 +59,11 @@ def test_unknown_key_is_named(tmp_path):
     ("embed.device=gpu", "embed.device='gpu'"),
     ("validate.query_fraction=1", "expected a number > 0 and < 1"),
     ("openset.candidates=[]", "at least 1 items"),
+    ("embed.tta_views=-1", "embed.tta_views=-1"),
+    # an embed.also entry's keys obey the rules of the embed keys they set
+    ("embed.also=[{model: x, tta_views: -1}]",
+     "embed.also[0].tta_views=-1 (--set embed.also=[{model: x, tta_views: -1}]): expected an integer >= 0 and <= 32"),
+    ("embed.also=[{model: x}, {model: y, tta_flip: 3}]", "embed.also[1].tta_flip=3"),
 ])
 def test_bad_values_are_refused_with_what_is_expected(item, expected):
     with pytest.raises(ConfigError) as err:

@@ -155,8 +155,13 @@ def test_tta_view_is_seeded_by_file_name_and_view():
     assert np.array_equal(a, np.asarray(embed.tta_view(im, "a.jpg", 1)))
     assert not np.array_equal(a, np.asarray(embed.tta_view(im, "a.jpg", 2)))
     assert not np.array_equal(a, np.asarray(embed.tta_view(im, "b.jpg", 1)))
-    areas = [np.prod(embed.tta_view(im, "a.jpg", v).size) / np.prod(im.size) for v in range(1, 21)]
-    assert 0.55 <= min(areas) and max(areas) <= 1 and np.ptp(areas) > 0.1
+    for size in ((640, 480), (1920, 1080), (1500, 500), (400, 900)):  # the share holds for any photo shape
+        photo = im.resize(size)
+        views = [embed.tta_view(photo, "a.jpg", v) for v in range(1, 41)]
+        areas = [np.prod(v.size) / np.prod(size) for v in views]
+        assert 0.59 <= min(areas) and max(areas) <= 1 and np.ptp(areas) > 0.1, size
+        shapes = [(v.width / v.height) / (size[0] / size[1]) for v in views]  # relative to the photo's
+        assert 0.78 <= min(shapes) and max(shapes) <= 1.28, size
 
 
 def test_tta_views_embed_the_mean_of_the_photo_and_its_views(tiny_2025, lite0):

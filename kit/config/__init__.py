@@ -51,6 +51,14 @@ def check(conf: dict, sources: dict[str, str] | None = None) -> list[str]:
             if (why := rule.problem(value)) is not None:
                 where = (sources or {}).get(f"{section}.{key}")
                 out.append(f"{section}.{key}={value!r}{f' ({where})' if where else ''}: expected {why}")
+    # each embed.also entry by the rule of the embed key it sets (its own keys: kit/pipeline/descriptors.py)
+    also = conf.get("embed", {}).get("also")
+    for i, extra in enumerate(also if isinstance(also, list) else []):
+        for key, value in (extra.items() if isinstance(extra, dict) else ()):
+            rule = SETTINGS["embed"].get(key)
+            if rule is not None and key != "also" and (why := rule.problem(value)) is not None:
+                where = (sources or {}).get("embed.also")
+                out.append(f"embed.also[{i}].{key}={value!r}{f' ({where})' if where else ''}: expected {why}")
     return out
 
 
