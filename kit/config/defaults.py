@@ -55,8 +55,8 @@ SETTINGS: dict[str, dict[str, Rule]] = {
         "tta_flip": Bool(False),  # also embed the mirrored photo and average; off: left and right flanks differ
         # also embed N augmented views of each photo (crop, small rotation, colour; never a mirror: kit/embed.py
         # tta_view) and average: N + 1 times the embedding time. On nyala (seeds 0-3, bench/README.md) 4 views lifted
-        # the R-1 of the frozen descriptors 0.122 -> 0.156 and of the head 0.224 -> 0.262, but not the validate score
-        # (0.321 / 0.303 / 0.271 / 0.292 against 0.329 / 0.315 / 0.278 / 0.300) nor the 2026 ARI; 0 = off
+        # the R-1 of the frozen descriptors 0.122 -> 0.166 and of the head 0.224 -> 0.267, but not the validate score
+        # (0.250 / 0.299 / 0.266 / 0.285 against 0.329 / 0.315 / 0.278 / 0.300) nor the 2026 ARI; 0 = off
         "tta_views": Int(0, 0, 32),
         "device": Str("auto", pattern=DEVICE),  # "auto" = cuda if available else cpu; or "cpu", "cuda:1", ...
     },
